@@ -1,0 +1,108 @@
+"""Hyper-parameter sweep on cached features (used to choose the default model's recipe).
+
+    python bench/sweep.py export --data ../shared/data/flickr8k --out sweep_data
+    python bench/sweep.py run --data sweep_data --grid bench/grid.json --parallel 8 --device cuda
+
+`export` writes features + captions so the sweep can run on another machine (e.g. a GPU box
+without the images); `run` trains every grid entry (a list of TrainConfig overrides) in
+parallel processes and prints dev scores for beam 3 at several length penalties.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from captioner.config import TrainConfig  # noqa: E402
+from captioner.datasets import Record, load_dataset  # noqa: E402
+from captioner.evaluate import score  # noqa: E402
+from captioner.features import extract_features  # noqa: E402
+from captioner.train import Data, caption_features, train  # noqa: E402
+from captioner.vocab import Vocabulary  # noqa: E402
+
+
+def export(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev"):
+        recs = load_dataset("flickr8k", args.data, split)
+        feats = extract_features([r.image for r in recs], args.encoder)
+        np.save(out / f"{split}_feats.npy", np.asarray(feats))
+        (out / f"{split}.json").write_text(json.dumps([list(r.captions) for r in recs]))
+    print("exported to", out)
+
+
+def load(folder: Path, threshold: int, max_len: int) -> Data:
+    caps = {s: json.loads((folder / f"{s}.json").read_text()) for s in ("train", "dev")}
+    vocab = Vocabulary.build((c for cs in caps["train"] for c in cs), threshold)
+    train_caps = [(i, vocab.encode(c)[: max_len + 2]) for i, cs in enumerate(caps["train"])
+                  for c in cs]
+    dev = [Record(Path(f"dev{i}"), tuple(cs)) for i, cs in enumerate(caps["dev"])]
+    f = {s: torch.from_numpy(np.load(folder / f"{s}_feats.npy").astype(np.float32))
+         for s in ("train", "dev")}
+    return Data(vocab, f["train"], train_caps, f["dev"], dev)
+
+
+def run_one(job: tuple[int, dict, str, str]) -> dict:
+    i, overrides, data_dir, out_dir = job
+    torch.set_num_threads(1 if overrides.get("device") == "cuda" else 2)
+    cfg = TrainConfig(dataset_path=Path(data_dir), **overrides)
+    data = load(Path(data_dir), cfg.vocab_threshold, cfg.max_len)
+    t0 = time.time()
+    from captioner.bundle import load_bundle
+
+    path = train(cfg, Path(out_dir) / f"run{i}", progress=False, data=data)
+    b = load_bundle(path, cfg.device if cfg.device != "auto" else "cpu")
+    result = {"id": i, "cfg": overrides, "seconds": round(time.time() - t0),
+              "best_epoch": b.metrics["best_epoch"]}
+    refs = {str(k): list(r.captions) for k, r in enumerate(data.dev_records)}
+    for lp in (0.0, 0.5, 1.0, 1.5):
+        caps = caption_features(b.model, data.vocab, data.dev_feats, 3, cfg.max_len, lp)
+        s = score(refs, {str(k): c for k, c in enumerate(caps)}, ("bleu", "cider"))
+        result[f"lp{lp}"] = {"B1": round(s["BLEU-1"], 3), "B4": round(s["BLEU-4"], 3),
+                             "C": round(s["CIDEr"], 3),
+                             "len": round(float(np.mean([len(c.split()) for c in caps])), 2)}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def run(args: argparse.Namespace) -> None:
+    grid = json.loads(Path(args.grid).read_text())
+    base = {"device": args.device}
+    jobs = [(i, {**base, **g}, args.data, args.out) for i, g in enumerate(grid)]
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    with ProcessPoolExecutor(args.parallel, mp_context=ctx) as pool:
+        results = list(pool.map(run_one, jobs))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--encoder", default="efficientnet_lite0")
+    r = sub.add_parser("run")
+    r.add_argument("--data", required=True)
+    r.add_argument("--grid", required=True)
+    r.add_argument("--out", default="sweep_out")
+    r.add_argument("--parallel", type=int, default=1)
+    r.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    export(args) if args.cmd == "export" else run(args)
+
+
+if __name__ == "__main__":
+    main()

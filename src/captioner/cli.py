@@ -1,0 +1,265 @@
+"""The `captioner` command: caption, train, evaluate, features."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+import typing
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def find_images(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand files and folders (recursively, by image suffix); returns (images, problems)."""
+    found: list[Path] = []
+    problems: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*")
+                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            found.append(p)
+        else:
+            problems.append(f"{p}: no such file or folder")
+    return found, problems
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from . import Captioner
+
+    bad_image = (OSError, ValueError, Image.DecompressionBombError)
+
+    images, problems = find_images(args.paths)
+    for msg in problems:
+        print(f"error: {msg}", file=sys.stderr)
+    if not images and not problems:
+        print("error: no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")",
+              file=sys.stderr)
+        return 1
+    cap = Captioner.load(args.model)
+    rows: list[tuple[str, str]] = []
+    failed = len(problems)
+    for i in range(0, len(images), args.batch_size):
+        chunk = images[i:i + args.batch_size]
+        try:
+            captions = cap.caption(chunk, beam_size=args.beam_size)
+            pairs = list(zip(chunk, captions, strict=True))
+        except bad_image:
+            pairs = []  # one bad file in the batch: retry one by one to isolate it
+            for path in chunk:
+                try:
+                    pairs.append((path, cap.caption([path], beam_size=args.beam_size)[0]))
+                except bad_image as exc:
+                    failed += 1
+                    print(f"error: {path}: cannot read image ({exc})", file=sys.stderr)
+        for path, caption in pairs:
+            rows.append((str(path), caption))
+            if not args.csv:
+                print(f"{path}\t{caption}", flush=True)
+    if args.csv:
+        _write_csv(Path(args.csv), rows)
+        print(f"wrote {len(rows)} captions to {args.csv}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "caption"])
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, so the CLI can never drift from the config object."""
+    from .config import TrainConfig
+
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        ann = field.annotation
+        help_ = f"{field.description} (default: {field.default})"
+        if ann is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_)
+            continue
+        choices = typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else None
+        kind = ann if ann in (int, float, str) else (Path if "Path" in str(ann) else str)
+        parser.add_argument(flag, dest=name, type=kind, choices=choices, default=None, help=help_)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig, make_config
+    from .train import train
+
+    overrides = {k: getattr(args, k) for k in TrainConfig.model_fields}
+    cfg = make_config(args.config, **overrides)
+    t0 = time.time()
+    path = train(cfg, Path(args.out), progress=not args.quiet)
+    print(f"model saved to {path} ({(time.time() - t0) / 60:.1f} min)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import Captioner
+    from .datasets import load_dataset
+    from .evaluate import score
+    from .features import extract_features
+    from .train import caption_features
+
+    cap = Captioner.load(args.model)
+    records = load_dataset(args.format, args.data, args.split, images=args.images,
+                           skip_missing=args.skip_missing)
+    if args.limit:
+        records = records[: args.limit]
+    import torch
+
+    feats = torch.from_numpy(extract_features([r.image for r in records], cap.encoder,
+                                              cache_dir=args.cache_dir).astype("float32"))
+    dec = cap.bundle.decoding
+    beam = args.beam_size or dec.get("beam_size", 3)
+    lp = dec.get("length_penalty", 0.0) if args.length_penalty is None else args.length_penalty
+    captions = caption_features(cap.bundle.model, cap.vocab, feats, beam,
+                                dec.get("max_len", 20), lp)
+    refs = {str(i): list(r.captions) for i, r in enumerate(records)}
+    hyps = {str(i): c for i, c in enumerate(captions)}
+    metrics = score(refs, hyps)
+    ref_len = sum(len(c.split()) for r in records for c in r.captions) / sum(
+        len(r.captions) for r in records)
+    report = {
+        "model": str(cap.path), "dataset": {"format": args.format, "path": str(args.data),
+                                            "split": args.split, "images": len(records)},
+        "decoding": {"beam_size": beam, "length_penalty": lp},
+        "metrics": metrics,
+        "mean_length": sum(len(c.split()) for c in captions) / len(captions),
+        "reference_mean_length": ref_len,
+        "captions": [{"image": str(r.image), "caption": c} for r, c in zip(records, captions,
+                                                                           strict=True)],
+    }
+    for k, v in metrics.items():
+        print(f"{k:8s} {v:.4f}")
+    print(f"mean caption length {report['mean_length']:.2f} words "
+          f"(references {ref_len:.2f})")
+    if args.report:
+        tmp = Path(args.report).with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(args.report)
+        print(f"report written to {args.report}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .features import extract_features
+
+    for split in args.splits.split(","):
+        records = load_dataset(args.format, args.data, split, images=args.images,
+                               skip_missing=args.skip_missing)
+        feats = extract_features([r.image for r in records], args.encoder,
+                                 cache_dir=args.cache_dir, workers=args.workers)
+        print(f"{split}: {feats.shape[0]} images x {feats.shape[1]} features cached")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="captioner", description="Describe photos in one sentence, "
+                                "and train and evaluate the models that do it.")
+    p.add_argument("--version", action="version", version=f"captioner {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("caption", help="caption image files and folders",
+                       description="Print 'image<TAB>caption' for each image (folders are "
+                       "searched recursively). Exit status 1 if any file could not be read.")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    c.add_argument("--model", type=Path, default=None,
+                   help="model folder (default: the bundled model)")
+    c.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam size (default: the model's)")
+    c.add_argument("--csv", type=Path, default=None, help="write image,caption rows to this CSV")
+    c.add_argument("--batch-size", type=positive_int, default=16,
+                   help="images per batch (default 16)")
+    c.set_defaults(func=cmd_caption)
+
+    t = sub.add_parser("train", help="train a model",
+                       description="Train a Show-and-Tell model. Settings come from defaults, "
+                       "then --config (TOML/YAML), then flags. Re-running with the same --out "
+                       "resumes from the last checkpoint.")
+    t.add_argument("--out", type=Path, required=True, help="run folder (model/ is written here)")
+    t.add_argument("--config", type=Path, default=None, help="TOML or YAML settings file")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    data_flags = argparse.ArgumentParser(add_help=False)
+    data_flags.add_argument("--format", choices=["flickr8k", "coco", "captions"],
+                            default="flickr8k", help="dataset format (default flickr8k)")
+    data_flags.add_argument("--data", type=Path, required=True,
+                            help="dataset folder, or captions CSV/JSONL")
+    data_flags.add_argument("--images", type=Path, default=None,
+                            help="image folder for a captions file")
+    data_flags.add_argument("--skip-missing", action="store_true",
+                            help="skip images that do not exist instead of failing")
+    data_flags.add_argument("--cache-dir", type=Path, default=None,
+                            help="feature cache folder (default ~/.cache/captioner)")
+
+    e = sub.add_parser("evaluate", parents=[data_flags], help="score a model on a dataset split",
+                       description="BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (pycocoevalcap; "
+                       "needs Java).")
+    e.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
+    e.add_argument("--split", default="dev", help="split to score (default dev)")
+    e.add_argument("--beam-size", type=positive_int, default=None,
+                   help="beam size (default: model's)")
+    e.add_argument("--length-penalty", type=float, default=None,
+                   help="beam length normalisation (default: model's)")
+    e.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    e.add_argument("--report", type=Path, default=None, help="write a JSON report here")
+    e.set_defaults(func=cmd_evaluate)
+
+    f = sub.add_parser("features", parents=[data_flags], help="precompute the feature cache")
+    f.add_argument("--encoder", default="efficientnet_lite0", help="encoder name")
+    f.add_argument("--splits", default="train,dev", help="comma-separated splits")
+    f.add_argument("--workers", type=int, default=1, help="image-loading processes")
+    f.set_defaults(func=cmd_features)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .bundle import BundleError
+    from .config import ConfigError
+    from .datasets import DatasetError
+    from .encoders import EncoderUnavailable
+    from .train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except (BundleError, ConfigError, DatasetError, EncoderUnavailable, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (a training run resumes when the same command is run again)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Dataset readers. Every format yields the same thing: a list of `Record(image, captions)`.
+
+Formats:
+- ``coco``: ``annotations/captions_{split}2017.json`` with images in ``{split}2017/`` or
+  ``images/{split}2017/`` (the cocoapi layout).
+- ``flickr8k``: ``Flickr8k.token.txt`` + ``Flickr_8k.{train,dev,test}Images.txt`` + ``images/``
+  (or ``Flicker8k_Dataset/``).
+- ``captions``: a CSV or JSONL file with ``image,caption`` (optional ``split``) and an image
+  folder (default: the file's folder). Without a ``split`` column, a fixed 5% of images (by a
+  hash of the file name) form ``dev``, the rest ``train``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("coco", "flickr8k", "captions")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or malformed; the message names the file, line and fix."""
+
+
+@dataclass(frozen=True)
+class Record:
+    image: Path
+    captions: tuple[str, ...]
+
+
+def _group(pairs: list[tuple[Path, str]]) -> list[Record]:
+    grouped: OrderedDict[Path, list[str]] = OrderedDict()
+    for image, caption in pairs:
+        grouped.setdefault(image, []).append(caption)
+    return [Record(image, tuple(caps)) for image, caps in grouped.items()]
+
+
+def _check_images(records: list[Record], source: Path, skip_missing: bool) -> list[Record]:
+    missing = [r for r in records if not r.image.is_file()]
+    if not missing:
+        return records
+    if skip_missing:
+        log.warning("%s: skipped %d of %d images that do not exist (first: %s)",
+                    source, len(missing), len(records), missing[0].image)
+        return [r for r in records if r.image.is_file()]
+    shown = ", ".join(str(r.image) for r in missing[:3])
+    raise DatasetError(
+        f"{source}: {len(missing)} of {len(records)} images do not exist (e.g. {shown}). "
+        "Check the image folder, or pass --skip-missing to train without them."
+    )
+
+
+def read_coco(root: Path, split: str = "train", skip_missing: bool = False) -> list[Record]:
+    root = Path(root)
+    ann = root / "annotations" / f"captions_{split}2017.json"
+    if not ann.is_file():
+        raise DatasetError(f"{ann} not found: expected the COCO-2017 layout "
+                           f"(annotations/captions_{split}2017.json) under {root}")
+    image_dir = next((d for d in (root / f"{split}2017", root / "images" / f"{split}2017")
+                      if d.is_dir()), None)
+    if image_dir is None:
+        raise DatasetError(f"no image folder for split {split!r}: expected {root}/{split}2017 "
+                           f"or {root}/images/{split}2017")
+    try:
+        data = json.loads(ann.read_text(encoding="utf-8"))
+        files = {img["id"]: img["file_name"] for img in data["images"]}
+        pairs = [(image_dir / files[a["image_id"]], str(a["caption"]).strip())
+                 for a in data["annotations"]]
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{ann}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(f"{ann}: not a COCO captions file (missing or bad field {exc}); "
+                           "expected 'images' with id/file_name and 'annotations' with "
+                           "image_id/caption") from None
+    pairs.sort(key=lambda p: p[0].name)  # stable order regardless of annotation order
+    return _check_images(_group(pairs), ann, skip_missing)
+
+
+def read_flickr8k(root: Path, split: str = "train", skip_missing: bool = False) -> list[Record]:
+    root = Path(root)
+    token_file = root / "Flickr8k.token.txt"
+    split_file = root / f"Flickr_8k.{split}Images.txt"
+    for f in (token_file, split_file):
+        if not f.is_file():
+            raise DatasetError(f"{f} not found: is {root} a Flickr8k folder and is {split!r} "
+                               "one of train, dev, test?")
+    image_dir = next((d for d in (root / "images", root / "Flicker8k_Dataset", root / "Images")
+                      if d.is_dir()), root / "images")
+    wanted = {ln.strip() for ln in split_file.read_text(encoding="utf-8").splitlines()
+              if ln.strip()}
+    pairs: list[tuple[Path, str]] = []
+    skipped = 0
+    for lineno, line in enumerate(token_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, caption = line.partition("\t")
+        name, hash_, idx = key.partition("#")
+        # The original token file has a few keys like "x.jpg.1#0" for images that don't exist.
+        if not sep or not hash_ or not idx.isdigit() or not name.endswith(".jpg"):
+            skipped += 1
+            log.debug("%s:%d: skipped malformed key %r", token_file, lineno, key)
+            continue
+        if name in wanted and caption.strip():
+            pairs.append((image_dir / name, caption.strip()))
+    if skipped:
+        log.info("%s: skipped %d lines with malformed keys", token_file, skipped)
+    if not pairs:
+        raise DatasetError(f"{token_file}: no captions for the images in {split_file}")
+    pairs.sort(key=lambda p: p[0].name)
+    return _check_images(_group(pairs), token_file, skip_missing)
+
+
+def _hash_split(name: str) -> str:
+    return "dev" if int(hashlib.sha1(name.encode()).hexdigest(), 16) % 20 == 0 else "train"
+
+
+def read_captions_file(path: Path, split: str | None = None, images: Path | None = None,
+                       skip_missing: bool = False) -> list[Record]:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path} not found")
+    image_dir = Path(images) if images else path.parent
+    rows: list[tuple[int, dict]] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            cols = set(reader.fieldnames or [])
+            if not {"image", "caption"} <= cols:
+                raise DatasetError(f"{path}:1: header must include 'image' and 'caption' "
+                                   f"columns (found: {', '.join(sorted(cols)) or 'none'})")
+            rows = [(i, row) for i, row in enumerate(reader, 2)]
+    elif path.suffix.lower() in (".jsonl", ".ndjson"):
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{i}: expected an object with image and caption")
+            rows.append((i, row))
+    else:
+        raise DatasetError(f"{path}: unsupported captions file type {path.suffix!r}; "
+                           "use .csv or .jsonl with image,caption columns")
+    pairs = []
+    for lineno, row in rows:
+        image, caption = row.get("image"), row.get("caption")
+        if not isinstance(image, str) or not image.strip():
+            raise DatasetError(f"{path}:{lineno}: missing 'image'")
+        if not isinstance(caption, str) or not caption.strip():
+            raise DatasetError(f"{path}:{lineno}: missing or empty 'caption'")
+        row_split = row.get("split") or _hash_split(image.strip())
+        if split is None or row_split == split:
+            pairs.append((image_dir / image.strip(), caption.strip()))
+    if not pairs:
+        raise DatasetError(f"{path}: no captions" + (f" in split {split!r}" if split else ""))
+    return _check_images(_group(pairs), path, skip_missing)
+
+
+def load_dataset(fmt: str, path: Path | str, split: str = "train", images: Path | None = None,
+                 skip_missing: bool = False) -> list[Record]:
+    """Read a dataset split in any supported format."""
+    if fmt == "coco":
+        return read_coco(Path(path), split, skip_missing)
+    if fmt == "flickr8k":
+        return read_flickr8k(Path(path), split, skip_missing)
+    if fmt == "captions":
+        return read_captions_file(Path(path), split, images, skip_missing)
+    raise DatasetError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")

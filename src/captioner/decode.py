@@ -1,0 +1,79 @@
+"""Greedy and beam-search decoding, batched over images and deterministic.
+
+Beam search keeps finished hypotheses inside the beam (they extend only with a free <pad>), so
+the whole batch moves in lock-step with fixed-size tensors. Candidates are ranked by
+log-probability / length**length_penalty (length counts the words plus <end>): with 0 this is the
+plain most-probable sequence; larger values favour longer captions. beam_size=1 is greedy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import ShowAndTell
+from .vocab import Vocabulary
+
+NEG_INF = float("-inf")
+
+
+@torch.inference_mode()
+def beam_search(model: ShowAndTell, features: torch.Tensor, beam_size: int = 3,
+                max_len: int = 20, length_penalty: float = 0.0) -> list[list[int]]:
+    """Best token sequence (without <start>/<end>) for each row of `features`."""
+    if beam_size < 1 or max_len < 1:
+        raise ValueError("beam_size and max_len must be at least 1")
+    model.eval()
+    b, k = features.shape[0], beam_size
+    pad, start, end, unk = (Vocabulary.pad_id, Vocabulary.start_id, Vocabulary.end_id,
+                            Vocabulary.unk_id)
+    h, c = model.init_state(features)
+    state = (h.repeat_interleave(k, dim=1), c.repeat_interleave(k, dim=1))
+    device = features.device
+    tokens = torch.full((b * k,), start, dtype=torch.long, device=device)
+    # Only the first beam is live at the start, or the k beams would be k copies of one.
+    scores = torch.full((b, k), NEG_INF, device=device)
+    scores[:, 0] = 0.0
+    lengths = torch.zeros(b, k, device=device)
+    done = torch.zeros(b, k, dtype=torch.bool, device=device)
+    seqs = torch.zeros(b, k, 0, dtype=torch.long, device=device)
+
+    for t in range(max_len):
+        logp, state = model.step(tokens, state)
+        vocab = logp.shape[-1]
+        logp[:, [pad, start, unk]] = NEG_INF
+        if t == max_len - 1:  # every hypothesis must end within max_len tokens
+            ended = logp[:, end].clone()
+            logp.fill_(NEG_INF)
+            logp[:, end] = ended
+        flat_done = done.view(-1)
+        logp[flat_done] = NEG_INF
+        logp[flat_done, pad] = 0.0
+        cand = (scores.view(-1, 1) + logp).view(b, k * vocab)
+        cand_len = (lengths + (~done).float()).view(-1, 1).expand(-1, vocab).reshape(b, k * vocab)
+        norm = cand / cand_len.clamp(min=1) ** length_penalty if length_penalty else cand
+        top = norm.topk(k, dim=1).indices  # (b, k), ties broken deterministically
+        beam, word = top // vocab, top % vocab
+        scores = cand.gather(1, top)
+        lengths = cand_len.gather(1, top)
+        done = done.gather(1, beam) | (word == end)
+        seqs = torch.cat([seqs.gather(1, beam.unsqueeze(-1).expand(-1, -1, seqs.shape[-1])),
+                          word.unsqueeze(-1)], dim=-1)
+        rows = (beam + torch.arange(b, device=device).unsqueeze(1) * k).view(-1)
+        state = (state[0][:, rows], state[1][:, rows])
+        tokens = word.view(-1)
+        if bool(done.all()):
+            break
+
+    final = scores / lengths.clamp(min=1) ** length_penalty if length_penalty else scores
+    final = final.masked_fill(~done, NEG_INF)
+    best = final.argmax(dim=1)
+    out = []
+    for i in range(b):
+        ids = seqs[i, best[i]].tolist()
+        ids = ids[: ids.index(end)] if end in ids else ids
+        out.append(ids)
+    return out
+
+
+def greedy(model: ShowAndTell, features: torch.Tensor, max_len: int = 20) -> list[list[int]]:
+    return beam_search(model, features, beam_size=1, max_len=max_len)

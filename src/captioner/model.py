@@ -1,0 +1,55 @@
+"""Show and Tell (Vinyals et al., 2015): image features are the LSTM's first input."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feature_dim: int = Field(gt=0)
+    vocab_size: int = Field(gt=4)
+    embed_size: int = Field(512, gt=0)
+    hidden_size: int = Field(512, gt=0)
+    num_layers: int = Field(1, ge=1, le=4)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class ShowAndTell(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # Normalising the frozen CNN's features keeps the first LSTM input on the same scale as
+        # word embeddings, which trains faster and more stably than a bare projection.
+        self.feature_norm = nn.LayerNorm(cfg.feature_dim)
+        self.project = nn.Linear(cfg.feature_dim, cfg.embed_size)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size, padding_idx=0)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.embed_size, cfg.hidden_size, cfg.num_layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.out = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+    def image_input(self, features: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.project(self.feature_norm(features.float())))
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing. tokens: (B, T) starting with <start>; returns logits (B, T, V)
+        where position t predicts tokens[:, t + 1] (the last predicts what follows)."""
+        x = torch.cat([self.image_input(features).unsqueeze(1),
+                       self.dropout(self.embed(tokens))], dim=1)
+        hidden, _ = self.lstm(x)
+        return self.out(self.dropout(hidden[:, 1:]))
+
+    def init_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed the image; returns the LSTM state ready for <start>."""
+        _, state = self.lstm(self.image_input(features).unsqueeze(1))
+        return state
+
+    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One decoding step: tokens (N,) -> log-probabilities (N, V) and the new state."""
+        hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)
+        return torch.log_softmax(self.out(hidden[:, 0]).float(), dim=-1), state

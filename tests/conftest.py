@@ -1,0 +1,57 @@
+"""Shared fixtures: real photos from scikit-image, and ../shared data when present."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CAPTIONER_SHARED", ROOT.parent / "shared")) / "data"
+FLICKR = SHARED / "flickr8k"
+COCO = SHARED / "coco-mini"
+
+needs_flickr = pytest.mark.skipif(not (FLICKR / "Flickr8k.token.txt").is_file(),
+                                  reason=f"Flickr8k not found at {FLICKR} (../shared is absent)")
+needs_coco = pytest.mark.skipif(not (COCO / "annotations").is_dir(),
+                                reason=f"COCO slice not found at {COCO} (../shared is absent)")
+
+# Real photographs bundled with scikit-image, with captions written by hand for them.
+PHOTOS = {
+    "astronaut": "a woman in an orange space suit smiles in front of a flag",
+    "coffee": "a cup of coffee on a saucer with a spoon",
+    "chelsea": "a ginger cat looks to the side",
+    "rocket": "a rocket stands on the launch pad under a blue sky",
+}
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import skimage.data
+
+    d = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        Image.fromarray(getattr(skimage.data, name)()).save(d / f"{name}.jpg", quality=92)
+    return d
+
+
+@pytest.fixture(scope="session")
+def captions_csv(photo_dir: Path) -> Path:
+    """Every photo in both train and dev, so a model can be trained and scored on it."""
+    path = photo_dir / "captions.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "caption", "split"])
+        for split in ("train", "dev"):
+            for name, caption in PHOTOS.items():
+                w.writerow([f"{name}.jpg", caption, split])
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    # One cache per test session, never the user's ~/.cache.
+    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import COCO, FLICKR, needs_coco, needs_flickr
+
+from captioner.datasets import DatasetError, load_dataset, read_captions_file, read_flickr8k
+
+
+@needs_flickr
+def test_flickr8k_splits_on_real_data():
+    train = load_dataset("flickr8k", FLICKR, "train")
+    dev = load_dataset("flickr8k", FLICKR, "dev")
+    assert (len(train), len(dev)) == (6000, 1000)
+    assert all(len(r.captions) == 5 and r.image.is_file() for r in train[:50])
+    assert not {r.image for r in train} & {r.image for r in dev}
+
+
+@needs_coco
+@pytest.mark.parametrize("split,images,captions", [("train", 80, 400), ("val", 79, 395)])
+def test_coco_official_layout(split, images, captions):
+    recs = load_dataset("coco", COCO, split)
+    assert len(recs) == images and sum(len(r.captions) for r in recs) == captions
+    assert all(r.image.parent == COCO / f"{split}2017" for r in recs)
+
+
+@needs_coco
+def test_coco_cocoapi_layout(tmp_path):
+    # cocoapi users keep images under images/{split}2017 beside annotations/.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "val2017").symlink_to(COCO / "val2017")
+    (tmp_path / "annotations").symlink_to(COCO / "annotations")
+    recs = load_dataset("coco", tmp_path, "val")
+    assert len(recs) == 79 and recs[0].image.parent == tmp_path / "images" / "val2017"
+
+
+def _flickr(tmp_path: Path, tokens: str, images=("a.jpg", "b.jpg")) -> Path:
+    (tmp_path / "images").mkdir()
+    for name in images:
+        (tmp_path / "images" / name).write_bytes(b"x")
+    (tmp_path / "Flickr8k.token.txt").write_text(tokens)
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("a.jpg\nb.jpg\n")
+    return tmp_path
+
+
+def test_flickr8k_skips_malformed_keys(tmp_path, caplog):
+    root = _flickr(tmp_path, "a.jpg#0\tA dog.\na.jpg.1#0\tghost image\nbad line\n"
+                             "b.jpg#0\tA cat.\nb.jpg#1\tA small cat.\n")
+    with caplog.at_level(logging.INFO):
+        recs = read_flickr8k(root, "train")
+    assert [(r.image.name, r.captions) for r in recs] == [
+        ("a.jpg", ("A dog.",)), ("b.jpg", ("A cat.", "A small cat."))]
+    assert "skipped 2 lines" in caplog.text
+
+
+def test_missing_images_reported_or_skipped(tmp_path, caplog):
+    root = _flickr(tmp_path, "a.jpg#0\tA dog.\nb.jpg#0\tA cat.\n", images=("a.jpg",))
+    with pytest.raises(DatasetError, match=r"1 of 2 images do not exist.*b\.jpg.*--skip-missing"):
+        read_flickr8k(root, "train")
+    with caplog.at_level(logging.WARNING):
+        recs = read_flickr8k(root, "train", skip_missing=True)
+    assert [r.image.name for r in recs] == ["a.jpg"] and "skipped 1 of 2" in caplog.text
+
+
+def test_captions_csv_and_jsonl(tmp_path):
+    for name in ("x.jpg", "y.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "c.csv").write_text("image,caption\nx.jpg,one\nx.jpg,two\ny.jpg,three\n")
+    recs = read_captions_file(tmp_path / "c.csv")
+    assert [(r.image.name, r.captions) for r in recs] == [("x.jpg", ("one", "two")),
+                                                          ("y.jpg", ("three",))]
+    (tmp_path / "c.jsonl").write_text('{"image": "x.jpg", "caption": "one", "split": "dev"}\n'
+                                      '{"image": "y.jpg", "caption": "two", "split": "train"}\n')
+    assert [r.image.name for r in read_captions_file(tmp_path / "c.jsonl", "dev")] == ["x.jpg"]
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("c.csv", "img,text\nx.jpg,a\n", r"c\.csv:1: header must include 'image' and 'caption'"),
+    ("c.csv", "image,caption\nx.jpg,\n", r"c\.csv:2: missing or empty 'caption'"),
+    ("c.jsonl", '{"image": "x.jpg", "caption": "a"}\n{oops\n', r"c\.jsonl:2: not valid JSON"),
+    ("c.jsonl", '["x.jpg", "a"]\n', r"c\.jsonl:1: expected an object"),
+    ("c.txt", "x.jpg a\n", r"unsupported captions file type '\.txt'"),
+])
+def test_bad_captions_files_name_file_and_line(tmp_path, name, text, message):
+    (tmp_path / "x.jpg").write_bytes(b"x")
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        read_captions_file(tmp_path / name)
+
+
+def test_bad_coco_files(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "val2017").mkdir()
+    ann = tmp_path / "annotations" / "captions_val2017.json"
+    ann.write_text("{\n  not json")
+    with pytest.raises(DatasetError, match=r"captions_val2017\.json:2: not valid JSON"):
+        load_dataset("coco", tmp_path, "val")
+    ann.write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    with pytest.raises(DatasetError, match="not a COCO captions file"):
+        load_dataset("coco", tmp_path, "val")
+    with pytest.raises(DatasetError, match="captions_train2017.json not found"):
+        load_dataset("coco", tmp_path, "train")
+    with pytest.raises(DatasetError, match="unknown dataset format"):
+        load_dataset("voc", tmp_path)

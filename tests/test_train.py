@@ -1,0 +1,126 @@
+"""Training on real photos: overfitting, resuming, bundles and configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import PHOTOS
+from safetensors.torch import load_file, save_file
+
+from captioner import Captioner
+from captioner.bundle import BundleError, load_bundle
+from captioner.config import ConfigError, TrainConfig, make_config
+from captioner.train import TrainingError, train
+
+TINY = dict(dataset_format="captions", vocab_threshold=1, embed_size=48, hidden_size=96,
+            dropout=0.0, label_smoothing=0.0, batch_size=4, beam_size=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def overfit_model(captions_csv, tmp_path_factory):
+    cfg = TrainConfig(dataset_path=captions_csv, learning_rate=1e-2, epochs=60, **TINY)
+    return train(cfg, tmp_path_factory.mktemp("overfit"), progress=False)
+
+
+def test_overfit_reproduces_training_captions(overfit_model, photo_dir):
+    names = sorted(PHOTOS)
+    captions = Captioner.load(overfit_model).caption([photo_dir / f"{n}.jpg" for n in names])
+    assert captions == [PHOTOS[n] for n in names]
+
+
+def test_bundle_contents_and_round_trip(overfit_model, photo_dir):
+    files = sorted(p.name for p in overfit_model.iterdir())
+    assert files == ["README.md", "config.json", "metrics.json", "model.safetensors",
+                     "vocab.json"]
+    metrics = json.loads((overfit_model / "metrics.json").read_text())
+    assert metrics["dev"]["CIDEr"] > 1.0 and metrics["best_epoch"] >= 1
+    assert len(metrics["history"]) == 60
+    card = (overfit_model / "README.md").read_text()
+    assert "efficientnet_lite0" in card and "CIDEr" in card
+    a = load_bundle(overfit_model)
+    b = load_bundle(overfit_model)
+    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
+                              strict=True):
+        assert torch.equal(v, w), k
+    # PIL images and paths give the same, deterministic captions.
+    from PIL import Image
+
+    cap = Captioner.load(overfit_model)
+    path = photo_dir / "coffee.jpg"
+    assert cap.caption(path) == cap.caption([Image.open(path)]) == cap.caption(str(path))
+
+
+def test_broken_bundles_are_refused_with_reasons(overfit_model, tmp_path):
+    def copy() -> object:
+        d = tmp_path / f"m{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(overfit_model, d)
+        return d
+
+    d = copy()
+    (d / "vocab.json").write_text(json.dumps({"words": ["<pad>", "<start>", "<end>", "<unk>",
+                                                        "x"]}))
+    with pytest.raises(BundleError, match="different models"):
+        load_bundle(d)
+    d = copy()
+    (d / "model.safetensors").unlink()
+    with pytest.raises(BundleError, match="model.safetensors is missing"):
+        load_bundle(d)
+    d = copy()
+    (d / "model.safetensors").write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(BundleError, match="unreadable weights"):
+        load_bundle(d)
+    d = copy()
+    state = load_file(d / "model.safetensors")
+    state["out.weight"] = state["out.weight"][:, :5].contiguous()
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(BundleError, match="out.weight: shape"):
+        load_bundle(d)
+    d = copy()
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["format_version"] = 99
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BundleError, match="format version 99.*Upgrade"):
+        load_bundle(d)
+    with pytest.raises(BundleError, match="not found"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_path):
+    cfg = TrainConfig(dataset_path=captions_csv, learning_rate=5e-3, epochs=4, **TINY)
+    whole = train(cfg, tmp_path / "whole", progress=False)
+    # Stop after two epochs as a crash would, then run the same command again.
+    train(cfg, tmp_path / "resumed", progress=False, stop_after_epochs=2)
+    assert not (tmp_path / "resumed" / "model").exists()
+    state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == 2
+    resumed = train(cfg, tmp_path / "resumed", progress=False)
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log_a = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in log_a]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in log_b]
+    # A different recipe in the same folder is refused rather than silently mixed.
+    other = cfg.model_copy(update={"hidden_size": 64})
+    with pytest.raises(TrainingError, match="different settings"):
+        train(other, tmp_path / "resumed", progress=False)
+
+
+def test_config_from_file_flags_and_errors(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset_path = "data/c.csv"\ndataset_format = "captions"\nepochs = 3\n')
+    cfg = make_config(toml, epochs=5, batch_size=None)
+    assert (cfg.epochs, cfg.batch_size, cfg.dataset_format) == (5, 64, "captions")
+    yml = tmp_path / "run.yaml"
+    yml.write_text("dataset_path: d\nlearning_rate: -1\nencoder: vgg\n")
+    with pytest.raises(ConfigError) as err:
+        make_config(yml)
+    assert "learning_rate" in str(err.value) and "unknown encoder 'vgg'" in str(err.value)
+    (tmp_path / "bad.toml").write_text("epochs = [")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        make_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="batch_typo"):
+        make_config(None, dataset_path="d", batch_typo=3)

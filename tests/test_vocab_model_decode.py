@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from captioner.decode import beam_search, greedy
+from captioner.model import ModelConfig, ShowAndTell
+from captioner.vocab import SPECIALS, Vocabulary, tokenize
+
+
+def test_tokenize_lowercases_and_drops_punctuation():
+    assert tokenize("A dog's ball, RED!  Two-tone.") == ["a", "dog's", "ball", "red", "two",
+                                                         "tone"]
+
+
+def test_vocabulary_threshold_and_round_trip():
+    caps = ["A dog runs.", "a dog sits", "A cat sits on a mat"]
+    v = Vocabulary.build(caps, threshold=2)
+    assert v.itos[: len(SPECIALS)] == list(SPECIALS)
+    assert set(v.itos[len(SPECIALS):]) == {"a", "dog", "sits"}
+    ids = v.encode("A dog flies")
+    assert ids[0] == v.start_id and ids[-1] == v.end_id and v.unk_id in ids
+    assert v.decode(v.encode("a dog sits")) == "a dog sits"
+    assert v.decode([v.start_id, v.stoi["dog"], v.end_id, v.stoi["a"]]) == "dog"
+    again = Vocabulary.from_json(v.to_json())
+    assert again.itos == v.itos
+    with pytest.raises(ValueError):
+        Vocabulary.from_json({"words": ["a", "b"]})
+
+
+def test_model_shapes():
+    cfg = ModelConfig(feature_dim=32, vocab_size=50, embed_size=16, hidden_size=24, num_layers=2)
+    m = ShowAndTell(cfg)
+    logits = m(torch.randn(3, 32), torch.randint(0, 50, (3, 7)))
+    assert logits.shape == (3, 7, 50)
+    state = m.init_state(torch.randn(3, 32))
+    assert state[0].shape == (2, 3, 24)
+    logp, _ = m.step(torch.tensor([1, 1, 1]), state)
+    assert logp.shape == (3, 50) and torch.allclose(logp.exp().sum(-1), torch.ones(3))
+
+
+def _tiny_model(seed: int) -> ShowAndTell:
+    torch.manual_seed(seed)
+    m = ShowAndTell(ModelConfig(feature_dim=8, vocab_size=7, embed_size=6, hidden_size=6,
+                                dropout=0.0)).eval()
+    with torch.no_grad():  # sharpen the output so sequences differ clearly in probability
+        m.out.weight.mul_(4)
+    return m
+
+
+def _exhaustive(m: ShowAndTell, feat: torch.Tensor, max_len: int, alpha: float):
+    """Score every sequence of up to max_len tokens (words then <end>) the way beam search may."""
+    words = list(range(len(SPECIALS), 7))
+    best, best_seq = float("-inf"), None
+    for n in range(0, max_len):
+        for seq in itertools.product(words, repeat=n):
+            tokens = [Vocabulary.start_id, *seq]
+            state = m.init_state(feat)
+            total = 0.0
+            for i, tok in enumerate(tokens):
+                logp, state = m.step(torch.tensor([tok]), state)
+                nxt = seq[i] if i < len(seq) else Vocabulary.end_id
+                total += float(logp[0, nxt])
+            norm = total / (len(seq) + 1) ** alpha if alpha else total
+            if norm > best:
+                best, best_seq = norm, list(seq)
+    return best_seq
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.7])
+def test_beam_search_matches_exhaustive_search(alpha):
+    max_len = 4  # up to 3 words + <end>: 3**0 + ... + 3**3 = 40 sequences
+    checked_greedy_differs = False
+    for seed in range(12):
+        m = _tiny_model(seed)
+        feats = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed))
+        # A beam wide enough to hold every prefix is exact search, batched over 3 images.
+        wide = beam_search(m, feats, beam_size=27, max_len=max_len, length_penalty=alpha)
+        narrow = greedy(m, feats, max_len=max_len)
+        with torch.no_grad():
+            for i in range(3):
+                best = _exhaustive(m, feats[i:i + 1], max_len, alpha)
+                assert wide[i] == best
+                checked_greedy_differs |= narrow[i] != best
+    assert checked_greedy_differs, "test would not catch a beam search that is only greedy"
+
+
+def test_decoding_is_deterministic_and_batch_independent():
+    m = _tiny_model(0)
+    feats = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    a = beam_search(m, feats, beam_size=3, max_len=6)
+    b = beam_search(m, feats, beam_size=3, max_len=6)
+    one_by_one = [beam_search(m, feats[i:i + 1], beam_size=3, max_len=6)[0] for i in range(5)]
+    assert a == b == one_by_one
+    assert all(len(s) <= 6 and Vocabulary.end_id not in s for s in a)
