@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import PHOTOS
+from conftest import COCO, PHOTOS, needs_coco
 from safetensors.torch import load_file, save_file
 
 from captioner import Captioner
@@ -124,3 +124,17 @@ def test_config_from_file_flags_and_errors(tmp_path):
         make_config(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="batch_typo"):
         make_config(None, dataset_path="d", batch_typo=3)
+
+
+@needs_coco
+@pytest.mark.slow
+def test_seed_coco_preset_trains_on_coco_mini(tmp_path):
+    cfg = make_config(preset="seed-coco", dataset_path=COCO, encoder="efficientnet_lite0",
+                      epochs=1, batch_size=64)
+    assert (cfg.embed_size, cfg.hidden_size, cfg.vocab_threshold) == (400, 356, 8)
+    assert cfg.dataset_format == "coco" and cfg.learning_rate == 0.001
+    with pytest.raises(ConfigError, match="unknown preset"):
+        make_config(preset="nope", dataset_path=COCO)
+    bundle = train(cfg, tmp_path / "run", progress=False)
+    assert load_bundle(bundle).model.cfg.hidden_size == 356
+    assert json.loads((bundle / "metrics.json").read_text())["dev"]["CIDEr"] >= 0

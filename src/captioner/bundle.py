@@ -50,6 +50,15 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _publishable(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; a saved model should be readable like any file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
+
+
 def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
@@ -70,6 +79,7 @@ def save_bundle(path: Path, bundle: Bundle, card: str, dtype: torch.dtype = torc
         write_json(tmp / "vocab.json", bundle.vocab.to_json())
         write_json(tmp / "metrics.json", bundle.metrics)
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        _publishable(tmp)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

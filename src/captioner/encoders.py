@@ -194,6 +194,7 @@ def _onnx_session(spec: EncoderSpec, graph: nn.Module):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False  # the arena keeps peak activations; a server must not
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

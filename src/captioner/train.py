@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from . import __version__
-from .bundle import Bundle, replace_dir, save_bundle, write_json
+from .bundle import Bundle, _publishable, replace_dir, save_bundle, write_json
 from .config import TrainConfig
 from .datasets import Record, load_dataset
 from .decode import beam_search
@@ -154,6 +154,7 @@ def _save_checkpoint(path: Path, model: ShowAndTell, opt: torch.optim.Optimizer,
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "state.safetensors"))
         write_json(tmp / "state.json", {**meta, "param_groups": osd["param_groups"]})
+        _publishable(tmp)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -204,14 +205,20 @@ Callback = Callable[[dict], None]
 
 
 def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback | None = None,
-          stop_after_epochs: int | None = None, data: Data | None = None) -> Path:
-    """Train (or resume) a model; returns the bundle folder. `on_epoch` gets each metrics line;
-    `stop_after_epochs` ends this call early as an interruption would (used by tests)."""
+          stop_after_epochs: int | None = None, data: Data | None = None,
+          on_step: Callback | None = None) -> Path:
+    """Train (or resume) a model; returns the bundle folder.
+
+    `on_epoch` gets each metrics line and `on_step` each step's progress (epoch, step, loss,
+    ETA) — the web app's job runner uses both; `stop_after_epochs` ends this call early as an
+    interruption would (used by tests)."""
     out = Path(out)
     t0 = time.time()
     device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     data = data or prepare_data(cfg, progress)
+    # Seed after data preparation: feature extraction may or may not run (cache) and its
+    # DataLoader draws from the global RNG, which must not change the model's initialisation.
+    torch.manual_seed(cfg.seed)
     mcfg = ModelConfig(feature_dim=data.train_feats.shape[1], vocab_size=len(data.vocab),
                        embed_size=cfg.embed_size, hidden_size=cfg.hidden_size,
                        num_layers=cfg.num_layers, dropout=cfg.dropout)
@@ -246,6 +253,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
         padded[j, :len(c)] = torch.tensor(c)
     image_of = torch.tensor([i for i, _ in data.train_caps])
     feats = data.train_feats.to(device)
+    t_run, done_steps = time.time(), 0
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             return out / "model"
@@ -260,14 +268,23 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
             img = feats[image_of[rows].to(device)]
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, epoch * steps + s, steps)
-            logits = model(img, tokens[:, :-1])
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+            # bf16 autocast on CUDA (no loss scaling needed); plain fp32 on CPU.
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(img, tokens[:, :-1])
+                loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(),
+                               tokens[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (s + 1):.3f}")
+            if on_step:
+                done_steps += 1
+                rate = (time.time() - t_run) / done_steps
+                left = (cfg.epochs - epoch) * steps - (s + 1)
+                on_step({"epoch": epoch + 1, "epochs": cfg.epochs, "step": s + 1,
+                         "steps": steps, "loss": total / (s + 1), "eta_s": round(left * rate)})
         scores = dev_scores(model, data, cfg)
         line = {"epoch": epoch + 1, "loss": total / steps, "lr": opt.param_groups[0]["lr"],
                 "seconds": time.time() - t_epoch, **{f"dev_{k}": v for k, v in scores.items()}}
