@@ -105,3 +105,35 @@ def test_bad_coco_files(tmp_path):
         load_dataset("coco", tmp_path, "train")
     with pytest.raises(DatasetError, match="unknown dataset format"):
         load_dataset("voc", tmp_path)
+
+
+@needs_coco
+def test_coco_val_halves_are_fixed_and_disjoint():
+    dev, test = load_dataset("coco", COCO, "dev"), load_dataset("coco", COCO, "test")
+    val = load_dataset("coco", COCO, "val")
+    assert len(dev) + len(test) == len(val) and dev and test
+    assert not {r.image for r in dev} & {r.image for r in test}
+    assert [r.image for r in load_dataset("coco", COCO, "dev")] == [r.image for r in dev]
+
+
+@needs_coco
+def test_karpathy_split_file_with_coco2017_images(tmp_path):
+    """A small dataset_coco.json in Karpathy's format: 2014 file names, found by COCO id."""
+    (tmp_path / "images").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "images" / f"{split}2017").symlink_to(COCO / f"{split}2017")
+    ids = [int(p.stem) for p in sorted((COCO / "val2017").glob("*.jpg"))[:6]]
+    images = [{"filepath": "val2014", "filename": f"COCO_val2014_{i:012d}.jpg", "cocoid": i,
+               "split": split, "sentences": [{"raw": f"caption {i} {k}"} for k in range(5)]}
+              for i, split in zip(ids, ["train", "restval", "val", "val", "test", "train"],
+                                  strict=True)]
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images}))
+    train = load_dataset("karpathy", tmp_path, "train")
+    assert len(train) == 3 and all(r.image.is_file() and len(r.captions) == 5 for r in train)
+    assert len(load_dataset("karpathy", tmp_path, "val")) == 2
+    assert len(load_dataset("karpathy", tmp_path, "test")) == 1
+    with pytest.raises(DatasetError, match="train, val and test"):
+        load_dataset("karpathy", tmp_path, "dev")
+    (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": [{"split": "val"}]}))
+    with pytest.raises(DatasetError, match="not a Karpathy split file"):
+        load_dataset("karpathy", tmp_path, "val")

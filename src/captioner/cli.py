@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     overrides = {k: getattr(args, k) for k in TrainConfig.model_fields}
-    cfg = make_config(args.config, **overrides)
+    cfg = make_config(args.config, args.preset, **overrides)
     t0 = time.time()
     path = train(cfg, Path(args.out), progress=not args.quiet)
     print(f"model saved to {path} ({(time.time() - t0) / 60:.1f} min)")
@@ -120,6 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import score
     from .features import extract_features
     from .train import caption_features
+    from .vocab import tokenize
 
     cap = Captioner.load(args.model)
     records = load_dataset(args.format, args.data, args.split, images=args.images,
@@ -138,14 +139,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     refs = {str(i): list(r.captions) for i, r in enumerate(records)}
     hyps = {str(i): c for i, c in enumerate(captions)}
     metrics = score(refs, hyps)
-    ref_len = sum(len(c.split()) for r in records for c in r.captions) / sum(
+    ref_len = sum(len(tokenize(c)) for r in records for c in r.captions) / sum(
         len(r.captions) for r in records)
     report = {
         "model": str(cap.path), "dataset": {"format": args.format, "path": str(args.data),
                                             "split": args.split, "images": len(records)},
         "decoding": {"beam_size": beam, "length_penalty": lp},
         "metrics": metrics,
-        "mean_length": sum(len(c.split()) for c in captions) / len(captions),
+        "mean_length": sum(len(tokenize(c)) for c in captions) / len(captions),
         "reference_mean_length": ref_len,
         "captions": [{"image": str(r.image), "caption": c} for r, c in zip(records, captions,
                                                                            strict=True)],
@@ -175,6 +176,38 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import threading
+    import webbrowser
+
+    import uvicorn
+
+    from .server import ServerSettings, create_app
+
+    settings = ServerSettings(model=args.model, allow_training=not args.disable_training,
+                              data_roots=args.data_root or [], max_upload_mb=args.max_upload_mb)
+    if args.state_dir:
+        settings.state_dir = args.state_dir
+    app = create_app(settings)
+    url = f"http://{args.host}:{args.port}/"
+    print(f"captioner is serving {url} (training {'off' if args.disable_training else 'on'})")
+    if args.open:
+        threading.Timer(1.5, webbrowser.open, (url,)).start()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .download import download_coco
+
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    download_coco(args.dest, splits, with_images=args.with_images, base_url=args.base_url,
+                  checksums=args.checksums, keep_archives=args.keep_archives)
+    print(f"COCO-2017 is ready in {args.dest}: captioner train --dataset-format coco "
+          f"--dataset-path {args.dest} --dev-split val ...")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -199,16 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model",
                        description="Train a Show-and-Tell model. Settings come from defaults, "
-                       "then --config (TOML/YAML), then flags. Re-running with the same --out "
-                       "resumes from the last checkpoint.")
+                       "then --preset, then --config (TOML/YAML), then flags. Re-running with "
+                       "the same --out resumes from the last checkpoint.")
     t.add_argument("--out", type=Path, required=True, help="run folder (model/ is written here)")
     t.add_argument("--config", type=Path, default=None, help="TOML or YAML settings file")
+    t.add_argument("--preset", default=None, help="named recipe shipped with captioner: "
+                   "seed-coco (the original project's ResNet-50 COCO recipe)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
     data_flags = argparse.ArgumentParser(add_help=False)
-    data_flags.add_argument("--format", choices=["flickr8k", "coco", "captions"],
+    data_flags.add_argument("--format", choices=["flickr8k", "coco", "karpathy", "captions"],
                             default="flickr8k", help="dataset format (default flickr8k)")
     data_flags.add_argument("--data", type=Path, required=True,
                             help="dataset folder, or captions CSV/JSONL")
@@ -232,6 +267,42 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--report", type=Path, default=None, help="write a JSON report here")
     e.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("serve", help="run the web app and HTTP API",
+                       description="Caption uploads in the browser (and, unless "
+                       "--disable-training, train and manage models). API docs at /docs.")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
+    s.add_argument("--model", type=Path, default=None,
+                   help="model folder to use as the default (default: the bundled model)")
+    s.add_argument("--disable-training", action="store_true",
+                   help="caption-only public mode: no training routes or page")
+    s.add_argument("--data-root", type=Path, action="append",
+                   help="folder whose datasets the Train page may use (repeatable)")
+    s.add_argument("--state-dir", type=Path, default=None,
+                   help="models, jobs and runs (default ~/.local/share/captioner)")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (20 MB)")
+    s.add_argument("--open", action="store_true", help="open the browser")
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("download", help="download a dataset (COCO-2017)",
+                       description="Fetch the official COCO-2017 archives into DEST/images/"
+                       "{train,val}2017 and DEST/annotations. Resumes, verifies MD5s, extracts "
+                       "safely; a second run does nothing.")
+    d.add_argument("dataset", choices=["coco"], help="dataset to download")
+    d.add_argument("--dest", type=Path, default=Path("data/coco"), help="target folder "
+                   "(default data/coco)")
+    d.add_argument("--splits", default="train,val", help="image splits (default train,val)")
+    d.add_argument("--with-images", dest="with_images", action="store_true", default=True,
+                   help="download images and annotations (default)")
+    d.add_argument("--annotations-only", dest="with_images", action="store_false",
+                   help="only the caption annotations (~240 MB)")
+    d.add_argument("--base-url", default=None, help="mirror replacing "
+                   "http://images.cocodataset.org (same zips/ and annotations/ paths)")
+    d.add_argument("--checksums", type=Path, default=None,
+                   help="JSON file {archive name: MD5} replacing the built-in table")
+    d.add_argument("--keep-archives", action="store_true", help="keep the zips after extraction")
+    d.set_defaults(func=cmd_download)
+
     f = sub.add_parser("features", parents=[data_flags], help="precompute the feature cache")
     f.add_argument("--encoder", default="efficientnet_lite0", help="encoder name")
     f.add_argument("--splits", default="train,dev", help="comma-separated splits")
@@ -244,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from .bundle import BundleError
     from .config import ConfigError
     from .datasets import DatasetError
+    from .download import DownloadError
     from .encoders import EncoderUnavailable
     from .train import TrainingError
 
@@ -252,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s: %(message)s")
     try:
         return args.func(args)
-    except (BundleError, ConfigError, DatasetError, EncoderUnavailable, TrainingError) as exc:
+    except (BundleError, ConfigError, DatasetError, DownloadError, EncoderUnavailable,
+            TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

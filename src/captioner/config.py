@@ -3,10 +3,10 @@ web form all produce a `TrainConfig`; it is saved inside the model bundle."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Literal
 
-import tomllib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,8 +21,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # data
-    dataset_format: Literal["flickr8k", "coco", "captions"] = Field(
-        "flickr8k", description="dataset format: flickr8k, coco, or captions (CSV/JSONL)")
+    dataset_format: Literal["flickr8k", "coco", "karpathy", "captions"] = Field(
+        "flickr8k", description="dataset format: flickr8k, coco, karpathy (dataset_coco.json)"
+        ", or captions (CSV/JSONL)")
     dataset_path: Path = Field(
         description="dataset folder (flickr8k, coco) or captions file (captions)")
     images: Path | None = Field(
@@ -89,9 +90,23 @@ def load_config_file(path: Path) -> dict:
     return data
 
 
-def make_config(file: Path | None = None, **overrides: object) -> TrainConfig:
-    """Defaults, then the file, then explicit overrides (None means 'not given')."""
-    data = load_config_file(file) if file else {}
+PRESETS = Path(__file__).parent / "presets"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.toml"))
+
+
+def make_config(file: Path | None = None, preset: str | None = None,
+                **overrides: object) -> TrainConfig:
+    """Defaults, then the preset, then the file, then explicit overrides (None = not given)."""
+    data: dict = {}
+    if preset:
+        if preset not in presets():
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(presets())}")
+        data.update(load_config_file(PRESETS / f"{preset}.toml"))
+    if file:
+        data.update(load_config_file(file))
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**data)

@@ -2,7 +2,11 @@
 
 Formats:
 - ``coco``: ``annotations/captions_{split}2017.json`` with images in ``{split}2017/`` or
-  ``images/{split}2017/`` (the cocoapi layout).
+  ``images/{split}2017/`` (the cocoapi layout). Splits ``train``, ``val``, and ``dev``/``test``:
+  a fixed half/half split of val2017 by a hash of the image id, for comparable results without
+  the Karpathy file.
+- ``karpathy``: ``dataset_coco.json`` (Karpathy & Fei-Fei's 113k/5k/5k split used by most
+  papers) beside COCO-2017 (or 2014) images; splits ``train`` (train + restval), ``val``, ``test``.
 - ``flickr8k``: ``Flickr8k.token.txt`` + ``Flickr_8k.{train,dev,test}Images.txt`` + ``images/``
   (or ``Flicker8k_Dataset/``).
 - ``captions``: a CSV or JSONL file with ``image,caption`` (optional ``split``) and an image
@@ -22,7 +26,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("coco", "flickr8k", "captions")
+FORMATS = ("coco", "karpathy", "flickr8k", "captions")
 
 
 class DatasetError(ValueError):
@@ -57,8 +61,16 @@ def _check_images(records: list[Record], source: Path, skip_missing: bool) -> li
     )
 
 
+def _half(image_id: int) -> str:
+    return "dev" if int(hashlib.sha1(str(image_id).encode()).hexdigest(), 16) % 2 == 0 else "test"
+
+
 def read_coco(root: Path, split: str = "train", skip_missing: bool = False) -> list[Record]:
     root = Path(root)
+    if split in ("dev", "test"):  # the documented deterministic halves of val2017
+        half = split
+        records = read_coco(root, "val", skip_missing)
+        return [r for r in records if _half(int(Path(r.image).stem)) == half]
     ann = root / "annotations" / f"captions_{split}2017.json"
     if not ann.is_file():
         raise DatasetError(f"{ann} not found: expected the COCO-2017 layout "
@@ -117,6 +129,41 @@ def read_flickr8k(root: Path, split: str = "train", skip_missing: bool = False) 
     return _check_images(_group(pairs), token_file, skip_missing)
 
 
+def read_karpathy(root: Path, split: str = "train", skip_missing: bool = False) -> list[Record]:
+    """Karpathy's dataset_coco.json. Images are looked up under their 2014 path first
+    (filepath/filename), then by COCO id in the 2017 folders, so either download works."""
+    root = Path(root)
+    path = root / "dataset_coco.json" if root.is_dir() else root
+    root = path.parent
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: put Karpathy's dataset_coco.json in the COCO "
+                           "folder (or pass its path)")
+    if split not in ("train", "val", "test"):
+        raise DatasetError(f"Karpathy splits are train, val and test, not {split!r}")
+    wanted = {"train", "restval"} if split == "train" else {split}
+    try:
+        images = json.loads(path.read_text(encoding="utf-8"))["images"]
+        folders = [d for d in (root / "images" / "train2017", root / "images" / "val2017",
+                               root / "train2017", root / "val2017") if d.is_dir()]
+        records = []
+        for img in images:
+            if img["split"] not in wanted:
+                continue
+            old = root / img.get("filepath", "") / img["filename"]
+            image = old if old.is_file() else next(
+                (d / f"{int(img['cocoid']):012d}.jpg" for d in folders
+                 if (d / f"{int(img['cocoid']):012d}.jpg").is_file()), old)
+            caps = tuple(str(s["raw"]).strip() for s in img["sentences"])
+            records.append(Record(image, caps))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{path}: not a Karpathy split file (bad or missing field {exc})") \
+            from None
+    records.sort(key=lambda r: r.image.name)
+    return _check_images(records, path, skip_missing)
+
+
 def _hash_split(name: str) -> str:
     return "dev" if int(hashlib.sha1(name.encode()).hexdigest(), 16) % 20 == 0 else "train"
 
@@ -170,6 +217,8 @@ def load_dataset(fmt: str, path: Path | str, split: str = "train", images: Path 
     """Read a dataset split in any supported format."""
     if fmt == "coco":
         return read_coco(Path(path), split, skip_missing)
+    if fmt == "karpathy":
+        return read_karpathy(Path(path), split, skip_missing)
     if fmt == "flickr8k":
         return read_flickr8k(Path(path), split, skip_missing)
     if fmt == "captions":

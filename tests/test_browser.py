@@ -1,0 +1,111 @@
+"""End to end in headless Chromium (Debian's package), driven by Playwright: a person uploads
+photos, reads captions, downloads the CSV, and trains a small model from the Train page."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import needs_flickr
+from test_server import flickr_subset
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Chromium not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The real app on a free loopback port, served by Uvicorn in a thread."""
+    import uvicorn
+
+    from captioner.server import ServerSettings, create_app
+
+    root = tmp_path_factory.mktemp("live")
+    (root / "data").mkdir()
+    app = create_app(ServerSettings(state_dir=root / "state", data_roots=[root / "data"]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", root / "data"
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(live):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update"])
+        context = browser.new_context(accept_downloads=True)
+        yield context.new_page()
+        browser.close()
+
+
+def test_upload_two_photos_see_captions_and_download_csv(live, page, photo_dir, tmp_path):
+    base, _ = live
+    page.goto(base + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#files", [str(photo_dir / "coffee.jpg"), str(photo_dir / "rocket.jpg")])
+    page.wait_for_function(
+        "document.querySelectorAll('.caption:not(.pending)').length === 2", timeout=60_000)
+    captions = page.locator(".caption").all_inner_texts()
+    assert len(captions) == 2 and all(len(c.split()) >= 3 for c in captions), captions
+    alts = [page.locator(".card img").nth(i).get_attribute("alt") for i in range(2)]
+    assert alts == captions  # the thumbnail's alt text is its caption
+    assert "2 of 2 captioned" in page.locator("#status").inner_text()
+    with page.expect_download() as download:
+        page.click("#csv")
+    saved = tmp_path / "captions.csv"
+    download.value.save_as(saved)
+    rows = list(csv.reader(saved.open()))
+    assert rows == [["image", "caption"], ["coffee.jpg", captions[0]],
+                    ["rocket.jpg", captions[1]]]
+
+
+def test_keyboard_reaches_the_upload_zone(live, page):
+    base, _ = live
+    page.goto(base + "/")
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "drop":
+            break
+    assert page.evaluate("document.activeElement.id") == "drop"
+
+
+@needs_flickr
+@pytest.mark.slow
+def test_train_a_tiny_model_from_the_page(live, page):
+    base, data = live
+    subset = flickr_subset(data / "flickr")
+    page.goto(base + "/train")
+    page.fill("input[name=dataset_path]", str(subset))
+    for name, value in {"epochs": "2", "embed_size": "16", "hidden_size": "32",
+                        "batch_size": "16", "vocab_threshold": "2"}.items():
+        page.fill(f"input[name={name}]", value)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#job:not([hidden])")
+    page.wait_for_function("document.getElementById('job-state').textContent === 'done'",
+                           timeout=240_000)
+    assert page.locator("#epochs tr").count() == 2
+    assert page.locator("#bar").evaluate("b => b.style.width") == "100%"
+    job_id = page.url.split("job=")[1]
+    page.reload()  # progress lives on the server, so a reload shows the same job
+    page.wait_for_function("document.getElementById('job-state').textContent === 'done'")
+    assert job_id in page.locator("#job-title").inner_text()
+    page.goto(base + "/models")
+    page.wait_for_selector(".card")
+    assert job_id in page.locator("#models").inner_text()

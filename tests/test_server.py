@@ -1,0 +1,201 @@
+"""The web app's HTTP API with the real app, real models, real photos and real training jobs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FLICKR, needs_flickr
+from fastapi.testclient import TestClient
+
+from captioner.server import ServerSettings, create_app
+
+# A script, style or link that would load something from another host.
+EXTERNAL = re.compile(r"""(from\s+["']https?:|import\(["']https?:|url\(\s*["']?https?:"""
+                      r"""|src=["']https?:|href=["']https?:|fetch\(["']https?:)""")
+
+
+def flickr_subset(root: Path, n_train: int = 12, n_dev: int = 4) -> Path:
+    """A tiny Flickr8k folder (real photos and captions, linked from ../shared)."""
+    names = (FLICKR / "Flickr_8k.trainImages.txt").read_text().split()[:n_train]
+    dev = (FLICKR / "Flickr_8k.devImages.txt").read_text().split()[:n_dev]
+    (root / "images").mkdir(parents=True)
+    for name in names + dev:
+        (root / "images" / name).symlink_to(FLICKR / "images" / name)
+    wanted = set(names + dev)
+    lines = [ln for ln in (FLICKR / "Flickr8k.token.txt").read_text().splitlines()
+             if ln.split("#")[0] in wanted]
+    (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    (root / "Flickr_8k.trainImages.txt").write_text("\n".join(names) + "\n")
+    (root / "Flickr_8k.devImages.txt").write_text("\n".join(dev) + "\n")
+    return root
+
+
+@pytest.fixture
+def client(tmp_path):
+    settings = ServerSettings(state_dir=tmp_path / "state", data_roots=[tmp_path / "data"])
+    (tmp_path / "data").mkdir()
+    with TestClient(create_app(settings)) as c:
+        c.data_dir = tmp_path / "data"
+        yield c
+
+
+def upload(photo_dir: Path, *names: str) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (n, (photo_dir / n).read_bytes(), "image/jpeg")) for n in names]
+
+
+def test_health_docs_and_pages(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and not EXTERNAL.search(docs.text), "docs must not use a CDN"
+    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/api/captions" in spec["paths"] and "/api/jobs" in spec["paths"]
+    for page in ("/", "/train", "/models"):
+        html = client.get(page).text
+        assert '<script type="module"' in html
+        assert "http://" not in html and "https://" not in html
+    # Every asset is served locally: no CDN anywhere in the pages.
+    for asset in ("app.css", "app.js", "caption.js", "train.js", "models.js"):
+        text = client.get(f"/static/{asset}").text
+        assert not EXTERNAL.search(text), EXTERNAL.search(text)
+
+
+def test_caption_uploads_json_and_csv(client, photo_dir):
+    files = upload(photo_dir, "coffee.jpg", "chelsea.jpg") + [
+        ("files", ("notes.txt", b"not a photo", "text/plain"))]
+    res = client.post("/api/captions", files=files, data={"beam_size": "3"})
+    assert res.status_code == 200
+    body = res.json()
+    assert [r["image"] for r in body] == ["coffee.jpg", "chelsea.jpg", "notes.txt"]
+    assert all(len(r["caption"].split()) >= 3 for r in body[:2])
+    assert body[2]["caption"] is None and "not an image" in body[2]["error"]
+    res = client.post("/api/captions", files=upload(photo_dir, "rocket.jpg", "coffee.jpg"),
+                      headers={"Accept": "text/csv"})
+    assert res.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(res.text)))
+    assert rows[0] == ["image", "caption"] and [r[0] for r in rows[1:]] == ["rocket.jpg",
+                                                                           "coffee.jpg"]
+    assert rows[2][1] == body[0]["caption"]  # same photo, same caption
+
+
+def test_caption_errors_are_actionable(client, photo_dir):
+    res = client.post("/api/captions", files=upload(photo_dir, "coffee.jpg"),
+                      data={"beam_size": "0"})
+    assert res.status_code == 422 and "beam_size" in res.json()["detail"]
+    res = client.post("/api/captions", files=upload(photo_dir, "coffee.jpg"),
+                      data={"model": "nope"})
+    assert res.status_code == 404 and "GET /api/models" in res.json()["detail"]
+    assert client.post("/api/captions").status_code == 422
+
+
+def test_models_listing_default_download_and_protection(client):
+    models = client.get("/api/models").json()
+    assert [m["id"] for m in models] == ["bundled"]
+    m = models[0]
+    assert m["default"] and not m["deletable"] and m["dev_scores"]["CIDEr"] > 0.3
+    assert m["encoder"] == "efficientnet_lite0" and m["size_bytes"] > 1_000_000
+    res = client.get("/api/models/bundled/download")
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(res.content)).namelist()
+    assert "bundled/model.safetensors" in names and "bundled/README.md" in names
+    assert client.delete("/api/models/bundled").status_code == 403
+    assert client.get("/api/models/../../etc").status_code == 404
+
+
+def test_training_is_confined_to_data_roots(client, tmp_path):
+    res = client.post("/api/jobs", json={"dataset_path": str(tmp_path / "elsewhere")})
+    assert res.status_code == 403 and "outside the allowed data folders" in res.json()["detail"]
+    res = client.post("/api/jobs", json={"dataset_path": str(client.data_dir),
+                                         "learning_rate": -1})
+    assert res.status_code == 422 and "learning_rate" in res.json()["detail"]
+
+
+def test_caption_only_mode_has_no_training(tmp_path, photo_dir):
+    app = create_app(ServerSettings(state_dir=tmp_path / "s", allow_training=False))
+    with TestClient(app) as c:
+        assert c.post("/api/jobs", json={}).status_code in (404, 405)
+        assert c.get("/api/jobs").status_code == 404
+        assert c.get("/train").status_code == 404
+        assert c.post("/api/captions", files=upload(photo_dir, "coffee.jpg")).status_code == 200
+
+
+def wait_for(client, job_id: str, states: set[str], timeout: float = 300) -> dict:
+    end = time.time() + timeout
+    while time.time() < end:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} stuck in {job['state']}: {job['log']}")
+
+
+TINY_JOB = {"dataset_format": "flickr8k", "embed_size": 16, "hidden_size": 32,
+            "batch_size": 16, "vocab_threshold": 2, "beam_size": 1}
+
+
+@needs_flickr
+@pytest.mark.slow
+def test_training_job_runs_streams_and_publishes_a_model(client):
+    data = flickr_subset(client.data_dir / "flickr")
+    res = client.post("/api/jobs", json={**TINY_JOB, "dataset_path": str(data), "epochs": 2})
+    assert res.status_code == 201, res.text
+    job_id = res.json()["id"]
+    events = []
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["state"] not in ("queued", "running"):
+                    break
+    assert events[-1]["state"] == "done", events[-1]
+    assert any(e["progress"].get("step") for e in events)  # live progress was pushed
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert [h["epoch"] for h in job["history"]] == [1, 2] and job["model_id"] == job_id
+    ids = [m["id"] for m in client.get("/api/models").json()]
+    assert job_id in ids
+    assert client.post(f"/api/models/{job_id}/default").json()["default"]
+    assert client.get("/healthz").json()["default_model"] == job_id
+    assert client.delete(f"/api/models/{job_id}").status_code == 200
+    assert client.get("/healthz").json()["default_model"] == "bundled"
+
+
+@needs_flickr
+@pytest.mark.slow
+def test_stop_and_resume_a_job(client, tmp_path):
+    data = flickr_subset(client.data_dir / "flickr")
+    job_id = client.post("/api/jobs", json={**TINY_JOB, "dataset_path": str(data),
+                                            "epochs": 60}).json()["id"]
+    end = time.time() + 300
+    while not client.get(f"/api/jobs/{job_id}").json()["history"]:
+        assert time.time() < end
+        time.sleep(0.3)
+    stopped = client.post(f"/api/jobs/{job_id}/stop").json()
+    assert stopped["state"] == "stopped"
+    done_epochs = len(client.get(f"/api/jobs/{job_id}").json()["history"])
+    assert 1 <= done_epochs < 60
+    assert client.post(f"/api/jobs/{job_id}/stop").status_code == 409
+    assert client.post(f"/api/jobs/{job_id}/resume").json()["state"] == "running"
+    job = wait_for(client, job_id, {"done", "failed"})
+    assert job["state"] == "done", job["log"]
+    assert [h["epoch"] for h in job["history"]] == list(range(1, 61))
+
+
+@needs_flickr
+def test_restart_marks_running_jobs_interrupted(tmp_path):
+    from captioner.config import TrainConfig
+    from captioner.jobs import JobStore
+
+    store = JobStore(tmp_path / "state" / "jobs.sqlite")
+    job_id = store.create(TrainConfig(dataset_path=FLICKR))
+    store.update(job_id, state="running", pid=999_999_999)
+    with TestClient(create_app(ServerSettings(state_dir=tmp_path / "state"))) as c:
+        job = c.get(f"/api/jobs/{job_id}").json()
+    assert job["state"] == "interrupted" and "resume" in job["error"]
+
