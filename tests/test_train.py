@@ -138,3 +138,23 @@ def test_seed_coco_preset_trains_on_coco_mini(tmp_path):
     bundle = train(cfg, tmp_path / "run", progress=False)
     assert load_bundle(bundle).model.cfg.hidden_size == 356
     assert json.loads((bundle / "metrics.json").read_text())["dev"]["CIDEr"] >= 0
+
+
+def test_finetuned_encoder_is_trained_saved_and_used(captions_csv, tmp_path, photo_dir):
+    from captioner.encoders import Encoder
+
+    cfg = TrainConfig(dataset_path=captions_csv, learning_rate=5e-3, epochs=2,
+                      finetune_encoder=True, encoder_lr=1e-3, workers=0, **TINY)
+    cache = tmp_path / "cache"
+    path = train(cfg.model_copy(update={"cache_dir": cache}), tmp_path / "ft", progress=False)
+    assert not list(cache.glob("*.npy")), "fine-tuning must not use cached features"
+    tuned = load_file(path / "encoder.safetensors")
+    base = Encoder("efficientnet_lite0", onnx=False).net_state()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert any(k.startswith("net._conv_head") for k in changed)  # the last stage learned
+    assert not any(k.startswith("net._conv_stem") for k in changed)  # the rest stayed frozen
+    cap = Captioner.load(path)
+    assert cap.encoder.weights_id != Encoder("efficientnet_lite0").weights_id
+    assert torch.equal(cap.encoder.graph.net.state_dict()["net._conv_head.weight"],
+                       tuned["net._conv_head.weight"])
+    assert len(cap.caption([photo_dir / "coffee.jpg"])) == 1

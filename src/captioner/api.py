@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .bundle import load_bundle
+from .bundle import BundleError, load_bundle
 from .decode import beam_search
-from .encoders import load_encoder, open_image
+from .encoders import Encoder, open_image
 
 ImageLike = str | Path | Image.Image
 
@@ -25,7 +25,11 @@ class Captioner:
 
     def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
         self.bundle = load_bundle(path, device)
-        self.encoder = load_encoder(self.bundle.encoder, device)
+        try:
+            self.encoder = Encoder(self.bundle.encoder, device, state=self.bundle.encoder_state)
+        except RuntimeError as exc:  # a fine-tuned encoder whose tensors do not fit
+            raise BundleError(f"{path}: encoder weights do not match "
+                              f"{self.bundle.encoder}: {exc}") from None
         self.device = torch.device(device)
         self.path = Path(path)
 

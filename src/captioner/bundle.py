@@ -22,6 +22,7 @@ from .vocab import Vocabulary
 FORMAT = "captioner-bundle"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+ENCODER_WEIGHTS = "encoder.safetensors"
 
 
 class BundleError(ValueError):
@@ -37,6 +38,7 @@ class Bundle:
     train_config: dict
     metrics: dict
     path: Path | None = None
+    encoder_state: dict[str, torch.Tensor] | None = None  # only for fine-tuned encoders
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
@@ -71,6 +73,9 @@ def save_bundle(path: Path, bundle: Bundle, card: str, dtype: torch.dtype = torc
         state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                  for k, v in bundle.model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        if bundle.encoder_state is not None:
+            save_file({k: v.contiguous() for k, v in bundle.encoder_state.items()},
+                      str(tmp / ENCODER_WEIGHTS), metadata={"format": FORMAT})
         write_json(tmp / "config.json", {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "encoder": bundle.encoder, "model": bundle.model.cfg.model_dump(),
@@ -137,5 +142,11 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.to(device).eval()
     metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+    encoder_state = None
+    if (path / ENCODER_WEIGHTS).exists():
+        try:
+            encoder_state = load_file(str(path / ENCODER_WEIGHTS))
+        except Exception as exc:  # safetensors raises its own error types across versions
+            raise BundleError(f"{path / ENCODER_WEIGHTS}: unreadable weights ({exc})") from None
     return Bundle(model, vocab, cfg["encoder"], cfg.get("decoding", {}), cfg.get("train", {}),
-                  metrics, path)
+                  metrics, path, encoder_state)

@@ -34,6 +34,11 @@ class TrainConfig(BaseModel):
     # encoder
     encoder: str = Field("efficientnet_lite0", description="image encoder: "
                          + ", ".join(ENCODERS))
+    finetune_encoder: bool = Field(
+        False, description="also train the encoder's last stage (random crops and flips; "
+        "no feature cache, so much slower: use a GPU)")
+    encoder_lr: float = Field(1e-4, gt=0, le=1, description="peak learning rate of the "
+                              "fine-tuned encoder stage")
     # the seed's knobs
     batch_size: int = Field(64, ge=1, le=4096, description="captions per training step")
     vocab_threshold: int = Field(8, ge=1, description="keep words seen at least this often")

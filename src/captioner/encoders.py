@@ -7,6 +7,7 @@ through torchvision's cache (ResNet, downloaded when online).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
@@ -141,6 +142,16 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def augment(image: Image.Image, size: int) -> np.ndarray:
+    """Training-time view of an image for fine-tuning: random resized crop and flip."""
+    from torchvision import transforms
+
+    pipeline = transforms.Compose([
+        transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+        transforms.RandomHorizontalFlip()])
+    return np.asarray(pipeline(image.convert("RGB")), dtype=np.uint8)
+
+
 def open_image(path: str | Path, size: int) -> Image.Image:
     """Decode an image file as RGB. JPEG decoding at reduced scale (draft) stays at least twice
     the encoder's size, so big photos decode fast without changing what the encoder sees."""
@@ -162,7 +173,7 @@ class _Normalised(nn.Module):
         return self.net(x).float()
 
 
-def _onnx_session(spec: EncoderSpec, graph: nn.Module):
+def _onnx_session(spec: EncoderSpec, graph: nn.Module, weights_id: str):
     """An onnxruntime session for the encoder, exporting it once into the cache.
 
     onnxruntime runs these CNNs about 3x faster than PyTorch on CPU (depthwise convolutions),
@@ -175,7 +186,7 @@ def _onnx_session(spec: EncoderSpec, graph: nn.Module):
         return None
     from .features import default_cache_dir
 
-    path = default_cache_dir() / "onnx" / f"{spec.name}-{spec.weights_id}-v1.onnx"
+    path = default_cache_dir() / "onnx" / f"{spec.name}-{weights_id}-v1.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -205,10 +216,18 @@ class Encoder(nn.Module):
     without onnxruntime, through PyTorch.
     """
 
-    def __init__(self, name: str, device: str | torch.device = "cpu", onnx: bool = True) -> None:
+    def __init__(self, name: str, device: str | torch.device = "cpu", onnx: bool = True,
+                 state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.spec = get_spec(name)
         net = self.spec.build().eval()
+        self.weights_id = self.spec.weights_id
+        if state is not None:  # a fine-tuned encoder saved in a model bundle
+            net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            digest = hashlib.sha256()
+            for k in sorted(state):
+                digest.update(k.encode() + state[k].float().numpy().tobytes())
+            self.weights_id = f"{self.spec.weights_id}-ft{digest.hexdigest()[:12]}"
         net.requires_grad_(False)
         mean = torch.tensor(self.spec.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std).view(1, 3, 1, 1)
@@ -216,8 +235,25 @@ class Encoder(nn.Module):
         self.device = torch.device(device)
         self.graph.to(self.device).to(memory_format=torch.channels_last)
         self.graph.mean, self.graph.std = mean.to(self.device), std.to(self.device)
-        self.session = _onnx_session(self.spec, self.graph) if (
+        self.session = _onnx_session(self.spec, self.graph, self.weights_id) if (
             onnx and self.device.type == "cpu") else None
+
+    def trainable_tail(self) -> list[nn.Parameter]:
+        """Unfreeze the last stage (ResNet layer4; EfficientNet-Lite's last blocks and head)
+        for fine-tuning; batch-norm statistics stay frozen (the graph stays in eval mode)."""
+        net = self.graph.net
+        if isinstance(net, _LitePooled):
+            eff = net.net
+            parts = [*eff._blocks[-4:], eff._conv_head, eff._bn1]
+        else:
+            parts = [net.layer4]
+        params = [p for part in parts for p in part.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def net_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().contiguous() for k, v in self.graph.net.state_dict().items()}
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image as a uint8 HWC array at the encoder's size (cheap to send between workers)."""

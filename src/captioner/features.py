@@ -29,10 +29,11 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "captioner"
 
 
-def cache_key(encoder: str, images: list[Path]) -> str:
+def cache_key(encoder: str, images: list[Path], weights_id: str | None = None) -> str:
     spec = get_spec(encoder)
     h = hashlib.sha256()
-    h.update(json.dumps([spec.name, spec.weights_id, spec.image_size, PREPROCESS_VERSION]).encode())
+    h.update(json.dumps([spec.name, weights_id or spec.weights_id, spec.image_size,
+                         PREPROCESS_VERSION]).encode())
     for p in images:
         st = Path(p).stat()
         h.update(f"\n{Path(p).resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
@@ -72,7 +73,7 @@ def extract_features(images: list[Path], encoder: str | Encoder, cache_dir: Path
     name = encoder if isinstance(encoder, str) else encoder.spec.name
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(name, images)
+    key = cache_key(name, images, None if isinstance(encoder, str) else encoder.weights_id)
     final = cache_dir / f"{name}-{key}.npy"
     if final.exists():
         return np.load(final, mmap_mode="r")

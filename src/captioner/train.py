@@ -9,18 +9,20 @@ Run folder layout (``out``):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import __version__
@@ -28,9 +30,9 @@ from .bundle import Bundle, _publishable, replace_dir, save_bundle, write_json
 from .config import TrainConfig
 from .datasets import Record, load_dataset
 from .decode import beam_search
-from .encoders import get_spec
+from .encoders import Encoder, augment, get_spec, open_image, resize_center_crop
 from .evaluate import ALL_METRICS, score
-from .features import extract_features
+from .features import _stack, extract_features
 from .model import ModelConfig, ShowAndTell
 from .vocab import Vocabulary, tokenize
 
@@ -50,10 +52,11 @@ def pick_device(name: str) -> torch.device:
 @dataclass
 class Data:
     vocab: Vocabulary
-    train_feats: torch.Tensor  # (N_img, D)
+    train_feats: torch.Tensor | None  # (N_img, D); None when the encoder is fine-tuned
     train_caps: list[tuple[int, list[int]]]  # (image index, token ids)
-    dev_feats: torch.Tensor
+    dev_feats: torch.Tensor | None
     dev_records: list[Record]
+    train_images: list[Path] = field(default_factory=list)
 
 
 def prepare_data(cfg: TrainConfig, progress: bool = True) -> Data:
@@ -61,14 +64,17 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> Data:
     train = load_dataset(cfg.dataset_format, cfg.dataset_path, cfg.train_split, **kw)
     dev = load_dataset(cfg.dataset_format, cfg.dataset_path, cfg.dev_split, **kw)
     vocab = Vocabulary.build((c for r in train for c in r.captions), cfg.vocab_threshold)
-    fx = {"cache_dir": cfg.cache_dir, "workers": cfg.workers, "progress": progress,
-          "device": str(pick_device(cfg.device))}
-    train_feats = extract_features([r.image for r in train], cfg.encoder, **fx)
-    dev_feats = extract_features([r.image for r in dev], cfg.encoder, **fx)
     caps = [(i, vocab.encode(c)[: cfg.max_len + 2]) for i, r in enumerate(train)
             for c in r.captions]
+    images = [r.image for r in train]
+    if cfg.finetune_encoder:  # features change as the encoder learns: nothing to cache
+        return Data(vocab, None, caps, None, dev, images)
+    fx = {"cache_dir": cfg.cache_dir, "workers": cfg.workers, "progress": progress,
+          "device": str(pick_device(cfg.device))}
+    train_feats = extract_features(images, cfg.encoder, **fx)
+    dev_feats = extract_features([r.image for r in dev], cfg.encoder, **fx)
     return Data(vocab, torch.from_numpy(np.asarray(train_feats, dtype=np.float32)), caps,
-                torch.from_numpy(np.asarray(dev_feats, dtype=np.float32)), dev)
+                torch.from_numpy(np.asarray(dev_feats, dtype=np.float32)), dev, images)
 
 
 def epoch_batches(caps: list[tuple[int, list[int]]], batch_size: int, seed: int
@@ -140,13 +146,16 @@ def final_scores(model: ShowAndTell, data: Data, cfg: TrainConfig) -> dict[str, 
 # --- checkpoints: tensors in safetensors, everything else in JSON (no pickle) -----------------
 
 def _save_checkpoint(path: Path, model: ShowAndTell, opt: torch.optim.Optimizer,
-                     best_state: dict[str, torch.Tensor], meta: dict) -> None:
+                     best_state: dict[str, torch.Tensor], meta: dict,
+                     encoder: Encoder | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=path.parent))
     try:
         tensors = {f"model.{k}": v.detach().cpu().contiguous()
                    for k, v in model.state_dict().items()}
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        if encoder is not None:
+            tensors.update({f"encoder.{k}": v for k, v in encoder.net_state().items()})
         osd = opt.state_dict()
         for idx, st in osd["state"].items():
             for name, v in st.items():
@@ -161,12 +170,15 @@ def _save_checkpoint(path: Path, model: ShowAndTell, opt: torch.optim.Optimizer,
         raise
 
 
-def _load_checkpoint(path: Path, model: ShowAndTell, opt: torch.optim.Optimizer
-                     ) -> tuple[dict, dict[str, torch.Tensor]]:
+def _load_checkpoint(path: Path, model: ShowAndTell, opt: torch.optim.Optimizer,
+                     encoder: Encoder | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     meta = json.loads((path / "state.json").read_text())
     tensors = load_file(str(path / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    if encoder is not None:
+        encoder.graph.net.load_state_dict(
+            {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -216,15 +228,27 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
     t0 = time.time()
     device = pick_device(cfg.device)
     data = data or prepare_data(cfg, progress)
+    finetune = cfg.finetune_encoder
+    encoder, tail = None, []
+    if finetune:
+        if progress:
+            print("fine-tuning the encoder's last stage: images are encoded every step (no "
+                  "feature cache) with random crops and flips; a GPU is strongly advised")
+        encoder = Encoder(cfg.encoder, device, onnx=False)
+        tail = encoder.trainable_tail()
     # Seed after data preparation: feature extraction may or may not run (cache) and its
     # DataLoader draws from the global RNG, which must not change the model's initialisation.
     torch.manual_seed(cfg.seed)
-    mcfg = ModelConfig(feature_dim=data.train_feats.shape[1], vocab_size=len(data.vocab),
+    feature_dim = encoder.spec.feature_dim if finetune else data.train_feats.shape[1]
+    mcfg = ModelConfig(feature_dim=feature_dim, vocab_size=len(data.vocab),
                        embed_size=cfg.embed_size, hidden_size=cfg.hidden_size,
                        num_layers=cfg.num_layers, dropout=cfg.dropout)
     model = ShowAndTell(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
-                            weight_decay=cfg.weight_decay)
+    groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    if finetune:
+        groups.append({"params": tail, "lr_scale": cfg.encoder_lr / cfg.learning_rate})
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    trained = [p for g in groups for p in g["params"]]
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=Vocabulary.pad_id,
                                         label_smoothing=cfg.label_smoothing)
 
@@ -237,7 +261,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
         if meta.get("fingerprint") != cfg.fingerprint():
             raise TrainingError(f"{out} holds a run with different settings; use another --out "
                                 "or delete that folder to start over")
-        meta, best_state = _load_checkpoint(ckpt, model, opt)
+        meta, best_state = _load_checkpoint(ckpt, model, opt, encoder)
         start_epoch, best, history = meta["epoch"], meta["best"], meta["history"]
         elapsed = meta.get("elapsed", 0.0)
         if progress:
@@ -252,30 +276,34 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
     for j, (_, c) in enumerate(data.train_caps):
         padded[j, :len(c)] = torch.tensor(c)
     image_of = torch.tensor([i for i, _ in data.train_caps])
-    feats = data.train_feats.to(device)
+    feats = None if finetune else data.train_feats.to(device)
+    dev_pixels = _dev_pixels(data, encoder) if finetune else None
     t_run, done_steps = time.time(), 0
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             return out / "model"
         model.train()
         batches = epoch_batches(data.train_caps, cfg.batch_size, cfg.seed * 1000 + epoch)
+        pixels = _augmented_batches(data, image_of, encoder, batches, cfg, epoch) if finetune \
+            else itertools.repeat(None)  # cached features: no pixels to load
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                    disable=not progress)
         total, t_epoch = 0.0, time.time()
-        for s, idx in enumerate(bar):
+        for s, (idx, px) in enumerate(zip(bar, pixels, strict=False)):
             rows = torch.tensor(idx)
             tokens = padded[rows, : int(lengths[rows].max())].to(device)
-            img = feats[image_of[rows].to(device)]
             for g in opt.param_groups:
-                g["lr"] = learning_rate(cfg, epoch * steps + s, steps)
+                g["lr"] = learning_rate(cfg, epoch * steps + s, steps) * g.get("lr_scale", 1.0)
             # bf16 autocast on CUDA (no loss scaling needed); plain fp32 on CPU.
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                img = encoder.graph(px.to(device)) if finetune else feats[image_of[rows].to(
+                    device)]
                 logits = model(img, tokens[:, :-1])
                 loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(),
                                tokens[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
             opt.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (s + 1):.3f}")
@@ -285,6 +313,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
                 left = (cfg.epochs - epoch) * steps - (s + 1)
                 on_step({"epoch": epoch + 1, "epochs": cfg.epochs, "step": s + 1,
                          "steps": steps, "loss": total / (s + 1), "eta_s": round(left * rate)})
+        if finetune:
+            data.dev_feats = _encode(encoder, dev_pixels)
         scores = dev_scores(model, data, cfg)
         line = {"epoch": epoch + 1, "loss": total / steps, "lr": opt.param_groups[0]["lr"],
                 "seconds": time.time() - t_epoch, **{f"dev_{k}": v for k, v in scores.items()}}
@@ -292,6 +322,9 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
         if best is None or scores["CIDEr"] > best["CIDEr"]:
             best = {**scores, "epoch": epoch + 1}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if finetune:
+                best_state.update({f"encoder.{k}": v.clone()
+                                   for k, v in encoder.net_state().items()})
         with log_path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
         if progress:
@@ -304,9 +337,14 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
         elapsed_now = elapsed + time.time() - t0
         _save_checkpoint(ckpt, model, opt, best_state, {
             "epoch": epoch + 1, "best": best, "history": history, "elapsed": elapsed_now,
-            "fingerprint": cfg.fingerprint()})
+            "fingerprint": cfg.fingerprint()}, encoder)
 
-    model.load_state_dict(best_state)
+    encoder_state = None
+    if finetune:
+        encoder_state = {k[8:]: v for k, v in best_state.items() if k.startswith("encoder.")}
+        encoder.graph.net.load_state_dict(encoder_state)
+        data.dev_feats = _encode(encoder, dev_pixels)
+    model.load_state_dict({k: v for k, v in best_state.items() if not k.startswith("encoder.")})
     model.eval()
     metrics = {"dev": final_scores(model, data, cfg), "best_epoch": best["epoch"],
                "dev_split": cfg.dev_split, "beam_size": cfg.beam_size,
@@ -314,7 +352,44 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
     bundle = Bundle(model, data.vocab, cfg.encoder,
                     {"beam_size": cfg.beam_size, "max_len": cfg.max_len,
                      "length_penalty": cfg.length_penalty},
-                    cfg.model_dump(mode="json"), metrics)
-    card = model_card(cfg, metrics, len(data.train_feats), len(data.dev_records))
+                    cfg.model_dump(mode="json"), metrics, encoder_state=encoder_state)
+    card = model_card(cfg, metrics, int(image_of.max()) + 1, len(data.dev_records))
     save_bundle(out / "model", bundle, card)
     return out / "model"
+
+
+# --- encoder fine-tuning: images instead of cached features ------------------------------------
+
+class _Augmented(Dataset):
+    """Caption index -> a randomly cropped and flipped view of its image (uint8 HWC)."""
+
+    def __init__(self, paths: list[Path], image_of: list[int], size: int) -> None:
+        self.paths, self.image_of, self.size = paths, image_of, size
+
+    def __len__(self) -> int:
+        return len(self.image_of)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return augment(open_image(self.paths[self.image_of[i]], self.size), self.size)
+
+
+def _augmented_batches(data: Data, image_of: torch.Tensor, encoder: Encoder,
+                       batches: list[list[int]], cfg: TrainConfig, epoch: int):
+    dataset = _Augmented(data.train_images, image_of.tolist(), encoder.spec.image_size)
+    return iter(DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers,
+                           collate_fn=_stack,
+                           generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)))
+
+
+def _dev_pixels(data: Data, encoder: Encoder) -> torch.Tensor:
+    size = encoder.spec.image_size
+    return torch.from_numpy(np.stack([
+        np.asarray(resize_center_crop(open_image(r.image, size), size), dtype=np.uint8)
+        for r in data.dev_records]))
+
+
+@torch.no_grad()
+def _encode(encoder: Encoder, pixels: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    device = encoder.graph.mean.device
+    return torch.cat([encoder.graph(pixels[i:i + batch].to(device)).float().cpu()
+                      for i in range(0, len(pixels), batch)])
