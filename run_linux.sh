@@ -7,6 +7,12 @@ if [ ! -x .venv/bin/captioner ]; then
     echo "First run: installing captioner into .venv (a few minutes)..."
     python3 -m venv .venv
     .venv/bin/python -m pip install --upgrade pip
+    if [ "$(uname -s)" = Linux ]; then
+        # PyTorch's CPU-only build: a ~200 MB download instead of several GB of CUDA
+        # libraries, and half the app's memory. Falls back to PyPI's build if unreachable.
+        .venv/bin/python -m pip install torch torchvision \
+            --index-url https://download.pytorch.org/whl/cpu || true
+    fi
     .venv/bin/python -m pip install .
 fi
 mkdir -p data

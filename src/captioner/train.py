@@ -52,7 +52,9 @@ def pick_device(name: str) -> torch.device:
 @dataclass
 class Data:
     vocab: Vocabulary
-    train_feats: torch.Tensor | None  # (N_img, D); None when the encoder is fine-tuned
+    # (N_img, D): the cache's read-only fp16 memmap (rows are read per batch, so full COCO
+    # never has to fit in memory) or a tensor; None when the encoder is fine-tuned.
+    train_feats: np.ndarray | torch.Tensor | None
     train_caps: list[tuple[int, list[int]]]  # (image index, token ids)
     dev_feats: torch.Tensor | None
     dev_records: list[Record]
@@ -73,7 +75,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> Data:
           "device": str(pick_device(cfg.device))}
     train_feats = extract_features(images, cfg.encoder, **fx)
     dev_feats = extract_features([r.image for r in dev], cfg.encoder, **fx)
-    return Data(vocab, torch.from_numpy(np.asarray(train_feats, dtype=np.float32)), caps,
+    return Data(vocab, train_feats, caps,
                 torch.from_numpy(np.asarray(dev_feats, dtype=np.float32)), dev, images)
 
 
@@ -276,7 +278,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
     for j, (_, c) in enumerate(data.train_caps):
         padded[j, :len(c)] = torch.tensor(c)
     image_of = torch.tensor([i for i, _ in data.train_caps])
-    feats = None if finetune else data.train_feats.to(device)
+    feats = data.train_feats
     dev_pixels = _dev_pixels(data, encoder) if finetune else None
     t_run, done_steps = time.time(), 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -296,8 +298,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
                 g["lr"] = learning_rate(cfg, epoch * steps + s, steps) * g.get("lr_scale", 1.0)
             # bf16 autocast on CUDA (no loss scaling needed); plain fp32 on CPU.
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                img = encoder.graph(px.to(device)) if finetune else feats[image_of[rows].to(
-                    device)]
+                img = encoder.graph(px.to(device)) if finetune else _rows(feats, image_of[rows],
+                                                                           device)
                 logits = model(img, tokens[:, :-1])
                 loss = loss_fn(logits.reshape(-1, logits.shape[-1]).float(),
                                tokens[:, 1:].reshape(-1))
@@ -356,6 +358,13 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
     card = model_card(cfg, metrics, int(image_of.max()) + 1, len(data.dev_records))
     save_bundle(out / "model", bundle, card)
     return out / "model"
+
+
+def _rows(feats: np.ndarray | torch.Tensor, idx: torch.Tensor, device: torch.device
+          ) -> torch.Tensor:
+    if isinstance(feats, torch.Tensor):
+        return feats[idx].float().to(device)
+    return torch.from_numpy(np.asarray(feats[idx.numpy()], dtype=np.float32)).to(device)
 
 
 # --- encoder fine-tuning: images instead of cached features ------------------------------------
