@@ -85,6 +85,10 @@ document.getElementById("resume").addEventListener("click", async () => {
 
 async function refreshJobs() {
   const jobs = await api("/api/jobs");
+  if (!jobs.length) {
+    document.getElementById("jobs").replaceChildren(el("tr", {}, el("td", { colspan: 5 }, "No training jobs yet.")));
+    return;
+  }
   document.getElementById("jobs").replaceChildren(...jobs.map(j => el("tr", {},
     el("td", {}, el("a", { href: `/train?job=${encodeURIComponent(j.id)}`, onclick: ev => { ev.preventDefault(); follow(j.id); } }, j.id)),
     el("td", {}, j.state), el("td", {}, `${j.config.dataset_format}: ${j.config.dataset_path}`),
