@@ -114,5 +114,6 @@ def test_train_a_tiny_model_from_the_page(live, page):
 def test_api_docs_render_without_internet(live, page):
     base, _ = live
     page.goto(base + "/docs")
-    page.wait_for_selector('[data-path="/api/captions"]', timeout=30_000)  # Swagger UI drew the spec
+    # Swagger UI drew the spec from local assets
+    page.wait_for_selector('[data-path="/api/captions"]', timeout=30_000)
     assert page.locator(".opblock").count() >= 10
