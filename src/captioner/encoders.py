@@ -266,11 +266,3 @@ class Encoder(nn.Module):
             out = self.session.run(None, {"pixels": pixels.cpu().numpy()})[0]
             return torch.from_numpy(out)
         return self.graph(pixels.to(self.device))
-
-    def encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        batch = np.stack([self.preprocess(im) for im in images])
-        return self(torch.from_numpy(batch))
-
-
-def load_encoder(name: str, device: str | torch.device = "cpu") -> Encoder:
-    return Encoder(name, device)
