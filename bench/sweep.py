@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from captioner.config import TrainConfig  # noqa: E402
 from captioner.datasets import Record, load_dataset  # noqa: E402
-from captioner.evaluate import score  # noqa: E402
+from captioner.evaluate import score_records  # noqa: E402
 from captioner.features import extract_features  # noqa: E402
 from captioner.train import Data, caption_features, train  # noqa: E402
 from captioner.vocab import Vocabulary  # noqa: E402
@@ -65,13 +65,11 @@ def run_one(job: tuple[int, dict, str, str]) -> dict:
     b = load_bundle(path, cfg.device if cfg.device != "auto" else "cpu")
     result = {"id": i, "cfg": overrides, "seconds": round(time.time() - t0),
               "best_epoch": b.metrics["best_epoch"]}
-    refs = {str(k): list(r.captions) for k, r in enumerate(data.dev_records)}
     for lp in (0.0, 0.5, 1.0, 1.5):
         caps = caption_features(b.model, data.vocab, data.dev_feats, 3, cfg.max_len, lp)
-        s = score(refs, {str(k): c for k, c in enumerate(caps)}, ("bleu", "cider"))
+        s = score_records(data.dev_records, caps, ("bleu", "cider"))
         result[f"lp{lp}"] = {"B1": round(s["BLEU-1"], 3), "B4": round(s["BLEU-4"], 3),
-                             "C": round(s["CIDEr"], 3),
-                             "len": round(float(np.mean([len(c.split()) for c in caps])), 2)}
+                             "C": round(s["CIDEr"], 3), "len": round(s["mean_length"], 2)}
     print(json.dumps(result), flush=True)
     return result
 

@@ -52,7 +52,7 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _publishable(folder: Path) -> None:
+def make_readable(folder: Path) -> None:
     """mkdtemp makes a private (0700) folder; a saved model should be readable like any file."""
     umask = os.umask(0)
     os.umask(umask)
@@ -84,7 +84,7 @@ def save_bundle(path: Path, bundle: Bundle, card: str, dtype: torch.dtype = torc
         write_json(tmp / "vocab.json", bundle.vocab.to_json())
         write_json(tmp / "metrics.json", bundle.metrics)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        _publishable(tmp)
+        make_readable(tmp)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -117,10 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import Captioner
     from .datasets import load_dataset
-    from .evaluate import score
+    from .evaluate import score_records
     from .features import extract_features
     from .train import caption_features
-    from .vocab import tokenize
 
     cap = Captioner.load(args.model)
     records = load_dataset(args.format, args.data, args.split, images=args.images,
@@ -136,17 +135,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     lp = dec.get("length_penalty", 0.0) if args.length_penalty is None else args.length_penalty
     captions = caption_features(cap.bundle.model, cap.vocab, feats, beam,
                                 dec.get("max_len", 20), lp)
-    refs = {str(i): list(r.captions) for i, r in enumerate(records)}
-    hyps = {str(i): c for i, c in enumerate(captions)}
-    metrics = score(refs, hyps)
-    ref_len = sum(len(tokenize(c)) for r in records for c in r.captions) / sum(
-        len(r.captions) for r in records)
+    scores = score_records(records, captions)
+    ref_len = scores.pop("reference_mean_length")
+    mean_len = scores.pop("mean_length")
+    metrics = scores
     report = {
         "model": str(cap.path), "dataset": {"format": args.format, "path": str(args.data),
                                             "split": args.split, "images": len(records)},
         "decoding": {"beam_size": beam, "length_penalty": lp},
         "metrics": metrics,
-        "mean_length": sum(len(tokenize(c)) for c in captions) / len(captions),
+        "mean_length": mean_len,
         "reference_mean_length": ref_len,
         "captions": [{"image": str(r.image), "caption": c} for r, c in zip(records, captions,
                                                                            strict=True)],

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -152,7 +153,7 @@ def augment(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(pipeline(image.convert("RGB")), dtype=np.uint8)
 
 
-def open_image(path: str | Path, size: int) -> Image.Image:
+def open_image(path: str | Path | BinaryIO, size: int) -> Image.Image:
     """Decode an image file as RGB. JPEG decoding at reduced scale (draft) stays at least twice
     the encoder's size, so big photos decode fast without changing what the encoder sees."""
     with Image.open(path) as im:

@@ -84,3 +84,19 @@ def score(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]
         else:
             raise ValueError(f"unknown metric {name!r}; choose from {ALL_METRICS}")
     return out
+
+
+def score_records(records: Sequence, captions: Sequence[str],
+                  metrics: Iterable[str] = ALL_METRICS, tokenizer: str = "auto"
+                  ) -> dict[str, float]:
+    """Scores of one caption per dataset record against the record's references, plus the mean
+    length in words of the captions and of the references."""
+    from .vocab import tokenize
+
+    refs = {str(i): list(r.captions) for i, r in enumerate(records)}
+    hyps = {str(i): c for i, c in enumerate(captions)}
+    out = score(refs, hyps, metrics, tokenizer)
+    out["mean_length"] = sum(len(tokenize(c)) for c in captions) / max(1, len(captions))
+    lengths = [len(tokenize(c)) for r in records for c in r.captions]
+    out["reference_mean_length"] = sum(lengths) / max(1, len(lengths))
+    return out

@@ -30,6 +30,7 @@ from . import __version__
 from .api import Captioner, default_model_path
 from .bundle import BundleError, load_bundle, write_json
 from .config import TrainConfig
+from .encoders import open_image
 from .jobs import TERMINAL, JobRunner, JobStore
 
 STATIC = Path(__file__).parent / "web"
@@ -238,9 +239,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                                         "resize it or raise --max-upload-mb")
                 continue
             try:
-                im = Image.open(io.BytesIO(data))
-                im.draft("RGB", (cap.encoder.spec.image_size * 2,) * 2)
-                images.append((len(results) - 1, im.convert("RGB")))
+                image = open_image(io.BytesIO(data), cap.encoder.spec.image_size)
+                images.append((len(results) - 1, image))
             except (OSError, ValueError, Image.DecompressionBombError):
                 results[-1]["error"] = "not an image this server can read (use JPEG, PNG or WebP)"
         if images:

@@ -26,15 +26,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import __version__
-from .bundle import Bundle, _publishable, replace_dir, save_bundle, write_json
+from .bundle import Bundle, make_readable, replace_dir, save_bundle, write_json
 from .config import TrainConfig
 from .datasets import Record, load_dataset
 from .decode import beam_search
-from .encoders import Encoder, augment, get_spec, open_image, resize_center_crop
-from .evaluate import ALL_METRICS, score
+from .encoders import Encoder, augment, get_spec, open_image
+from .evaluate import ALL_METRICS, score_records
 from .features import _stack, extract_features
 from .model import ModelConfig, ShowAndTell
-from .vocab import Vocabulary, tokenize
+from .vocab import Vocabulary
 
 
 class TrainingError(RuntimeError):
@@ -79,6 +79,15 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> Data:
                 torch.from_numpy(np.asarray(dev_feats, dtype=np.float32)), dev, images)
 
 
+_CHUNK_BATCHES = 50
+
+
+def count_batches(n: int, batch_size: int) -> int:
+    """len(epoch_batches(...)) without shuffling: full chunks, then the last partial one."""
+    chunk = batch_size * _CHUNK_BATCHES
+    return (n // chunk) * _CHUNK_BATCHES + math.ceil((n % chunk) / batch_size)
+
+
 def epoch_batches(caps: list[tuple[int, list[int]]], batch_size: int, seed: int
                   ) -> list[list[int]]:
     """Every caption once, in batches of similar length (little padding, so ~40% less compute
@@ -86,7 +95,7 @@ def epoch_batches(caps: list[tuple[int, list[int]]], batch_size: int, seed: int
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(caps), generator=g).tolist()
     # Sort by length within chunks of 50 batches: similar lengths, but still random neighbours.
-    chunk = batch_size * 50
+    chunk = batch_size * _CHUNK_BATCHES
     batches = []
     for c in range(0, len(order), chunk):
         part = sorted(order[c:c + chunk], key=lambda i: len(caps[i][1]))
@@ -122,27 +131,18 @@ def caption_features(model: ShowAndTell, vocab: Vocabulary, feats: torch.Tensor,
 def dev_scores(model: ShowAndTell, data: Data, cfg: TrainConfig) -> dict[str, float]:
     caps = caption_features(model, data.vocab, data.dev_feats, cfg.beam_size, cfg.max_len,
                             cfg.length_penalty)
-    refs = {str(i): list(r.captions) for i, r in enumerate(data.dev_records)}
-    hyps = {str(i): c for i, c in enumerate(caps)}
     # Captioner's own tokenizer per epoch (no Java start-up, ~0.001 from PTB); the final model
     # is re-scored with the official PTB pipeline in `final_scores`.
-    scores = score(refs, hyps, metrics=("bleu", "cider"), tokenizer="simple")
-    return {"BLEU-4": scores["BLEU-4"], "CIDEr": scores["CIDEr"], "BLEU-1": scores["BLEU-1"],
-            "mean_length": float(np.mean([len(c.split()) for c in caps]))}
+    scores = score_records(data.dev_records, caps, ("bleu", "cider"), tokenizer="simple")
+    return {k: scores[k] for k in ("BLEU-4", "CIDEr", "BLEU-1", "mean_length")}
 
 
 def final_scores(model: ShowAndTell, data: Data, cfg: TrainConfig) -> dict[str, float]:
     """All metrics for the chosen model, through the official PTB tokenizer when Java exists."""
     caps = caption_features(model, data.vocab, data.dev_feats, cfg.beam_size, cfg.max_len,
                             cfg.length_penalty)
-    refs = {str(i): list(r.captions) for i, r in enumerate(data.dev_records)}
-    hyps = {str(i): c for i, c in enumerate(caps)}
     metrics = ALL_METRICS if shutil.which("java") else ("bleu", "rouge", "cider")
-    scores = score(refs, hyps, metrics=metrics)
-    scores["mean_length"] = float(np.mean([len(c.split()) for c in caps]))
-    scores["reference_mean_length"] = float(np.mean(
-        [len(tokenize(c)) for r in data.dev_records for c in r.captions]))
-    return scores
+    return score_records(data.dev_records, caps, metrics)
 
 
 # --- checkpoints: tensors in safetensors, everything else in JSON (no pickle) -----------------
@@ -165,7 +165,7 @@ def _save_checkpoint(path: Path, model: ShowAndTell, opt: torch.optim.Optimizer,
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / "state.safetensors"))
         write_json(tmp / "state.json", {**meta, "param_groups": osd["param_groups"]})
-        _publishable(tmp)
+        make_readable(tmp)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -271,7 +271,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, on_epoch: Callback
     if start_epoch == 0:
         log_path.unlink(missing_ok=True)  # a fresh run must not inherit an old log
 
-    steps = len(epoch_batches(data.train_caps, cfg.batch_size, 0))
+    steps = count_batches(len(data.train_caps), cfg.batch_size)
     # All captions padded once; a batch is a row selection cut to its longest caption.
     lengths = torch.tensor([len(c) for _, c in data.train_caps])
     padded = torch.zeros(len(data.train_caps), int(lengths.max()), dtype=torch.long)
@@ -392,9 +392,8 @@ def _augmented_batches(data: Data, image_of: torch.Tensor, encoder: Encoder,
 
 def _dev_pixels(data: Data, encoder: Encoder) -> torch.Tensor:
     size = encoder.spec.image_size
-    return torch.from_numpy(np.stack([
-        np.asarray(resize_center_crop(open_image(r.image, size), size), dtype=np.uint8)
-        for r in data.dev_records]))
+    return torch.from_numpy(np.stack([encoder.preprocess(open_image(r.image, size))
+                                      for r in data.dev_records]))
 
 
 @torch.no_grad()
