@@ -8,14 +8,14 @@ Targets for the bundled model (issue 2): beam 3 BLEU-4 >= 0.17, CIDEr >= 0.42, B
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from captioner.cli import main as cli  # noqa: E402
+from captioner import Captioner  # noqa: E402
+from captioner.data.datasets import load_dataset  # noqa: E402
+from captioner.evaluation.evaluate import evaluate_model  # noqa: E402
 
 
 def main() -> None:
@@ -24,16 +24,12 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/flickr8k")
     p.add_argument("--split", default="dev")
     args = p.parse_args()
+    cap = Captioner.load(args.model)
+    records = load_dataset("flickr8k", args.data, args.split)
     rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, beam in (("greedy", "1"), ("beam 3", "3")):
-            report = Path(tmp) / f"{beam}.json"
-            argv = ["evaluate", "--data", args.data, "--split", args.split, "--beam-size", beam,
-                    "--report", str(report)] + (["--model", args.model] if args.model else [])
-            print(f"== {name}")
-            if cli(argv):
-                sys.exit(1)
-            rows[name] = json.loads(report.read_text())
+    for name, beam in (("greedy", 1), ("beam 3", 3)):
+        print(f"== {name}", flush=True)
+        rows[name] = evaluate_model(cap, records, cap.decoding.resolve(beam_size=beam))
     keys = list(rows["beam 3"]["metrics"])
     print("\n| decoding | " + " | ".join(keys) + " | mean length |")
     print("|---" * (len(keys) + 2) + "|")

@@ -24,11 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from captioner.config import TrainConfig  # noqa: E402
-from captioner.datasets import Record, load_dataset  # noqa: E402
-from captioner.evaluate import score_records  # noqa: E402
-from captioner.features import extract_features  # noqa: E402
-from captioner.train import Data, caption_features, train  # noqa: E402
-from captioner.vocab import Vocabulary  # noqa: E402
+from captioner.data.datasets import Record, load_dataset  # noqa: E402
+from captioner.data.vocab import Vocabulary  # noqa: E402
+from captioner.decoders.search import caption_features  # noqa: E402
+from captioner.evaluation.metrics import score_records  # noqa: E402
+from captioner.storage.bundle import load_bundle  # noqa: E402
+from captioner.training.sources import Data  # noqa: E402
+from captioner.training.trainer import train  # noqa: E402
+from captioner.vision.features import extract_features  # noqa: E402
 
 
 def export(args: argparse.Namespace) -> None:
@@ -59,14 +62,13 @@ def run_one(job: tuple[int, dict, str, str]) -> dict:
     cfg = TrainConfig(dataset_path=Path(data_dir), **overrides)
     data = load(Path(data_dir), cfg.vocab_threshold, cfg.max_len)
     t0 = time.time()
-    from captioner.bundle import load_bundle
-
-    path = train(cfg, Path(out_dir) / f"run{i}", progress=False, data=data)
+    path = train(cfg, Path(out_dir) / f"run{i}", data=data)
     b = load_bundle(path, cfg.device if cfg.device != "auto" else "cpu")
     result = {"id": i, "cfg": overrides, "seconds": round(time.time() - t0),
               "best_epoch": b.metrics["best_epoch"]}
     for lp in (0.0, 0.5, 1.0, 1.5):
-        caps = caption_features(b.model, data.vocab, data.dev_feats, 3, cfg.max_len, lp)
+        decode = cfg.decoding.resolve(beam_size=3, length_penalty=lp)
+        caps = caption_features(b.model, data.vocab, data.dev_feats, decode)
         s = score_records(data.dev_records, caps, ("bleu", "cider"))
         result[f"lp{lp}"] = {"B1": round(s["BLEU-1"], 3), "B4": round(s["BLEU-4"], 3),
                              "C": round(s["CIDEr"], 3), "len": round(s["mean_length"], 2)}

@@ -24,7 +24,7 @@ def live(tmp_path_factory):
     """The real app on a free loopback port, served by Uvicorn in a thread."""
     import uvicorn
 
-    from captioner.server import ServerSettings, create_app
+    from captioner.serving.server import ServerSettings, create_app
 
     root = tmp_path_factory.mktemp("live")
     (root / "data").mkdir()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import COCO, FLICKR, needs_coco, needs_flickr
 
-from captioner.datasets import DatasetError, load_dataset, read_captions_file, read_flickr8k
+from captioner.data.datasets import DatasetError, load_dataset, read_captions_file, read_flickr8k
 
 
 @needs_flickr

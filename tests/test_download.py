@@ -11,9 +11,9 @@ import zipfile
 
 import pytest
 
-from captioner import download
 from captioner.cli import main as cli
-from captioner.download import DownloadError, download_coco
+from captioner.data import download
+from captioner.data.download import DownloadError, download_coco
 
 
 def make_zip(entries: dict[str, bytes]) -> bytes:
@@ -99,7 +99,7 @@ def test_full_download_layout_and_second_run_is_a_noop(coco_mirror, tmp_path, ca
     assert code == 0
     assert (dest / "annotations" / "captions_val2017.json").is_file()
     assert (dest / "images" / "val2017" / "000000000001.jpg").is_file()
-    from captioner.datasets import load_dataset
+    from captioner.data.datasets import load_dataset
 
     recs = load_dataset("coco", dest, "val")
     assert recs[0].captions == ("A cat on a mat.",)

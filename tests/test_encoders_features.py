@@ -9,9 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner import encoders
-from captioner.encoders import Encoder, EncoderUnavailable, resize_center_crop
-from captioner.features import extract_features
+from captioner.core.errors import EncoderUnavailable, ImageError
+from captioner.vision import encoders
+from captioner.vision.encoders import Encoder
+from captioner.vision.features import extract_features
+from captioner.vision.images import resize_center_crop
 
 
 @functools.cache
@@ -58,14 +60,14 @@ def test_onnx_and_pytorch_give_the_same_features(photo_dir):
 def test_feature_cache_is_keyed_by_files_and_resumes(photo_dir, tmp_path):
     paths = sorted(photo_dir.glob("*.jpg"))
     cache = tmp_path / "cache"
-    first = extract_features(paths, lite0(), cache_dir=cache, progress=False, batch_size=2)
+    first = extract_features(paths, lite0(), cache_dir=cache, batch_size=2)
     assert first.shape == (len(paths), 1280) and len(list(cache.glob("*.npy"))) == 1
-    again = extract_features(paths, lite0(), cache_dir=cache, progress=False)
+    again = extract_features(paths, lite0(), cache_dir=cache)
     assert np.array_equal(first, again) and len(list(cache.glob("*.npy"))) == 1
     # Changing one image file means new features, never the stale ones.
     changed = tmp_path / "astronaut.jpg"
     Image.open(paths[0]).transpose(Image.FLIP_LEFT_RIGHT).save(changed)
-    other = extract_features([changed, *paths[1:]], lite0(), cache_dir=cache, progress=False)
+    other = extract_features([changed, *paths[1:]], lite0(), cache_dir=cache)
     assert len(list(cache.glob("*.npy"))) == 2
     assert not np.array_equal(other[0], first[0]) and np.array_equal(other[1:], first[1:])
     # An interrupted extraction (two of four done) continues from where it stopped.
@@ -76,15 +78,15 @@ def test_feature_cache_is_keyed_by_files_and_resumes(photo_dir, tmp_path):
     np.save(partial, data)
     partial.with_suffix(".json").write_text('{"done": 2}')
     final.unlink()
-    resumed = extract_features(paths, lite0(), cache_dir=cache, progress=False)
+    resumed = extract_features(paths, lite0(), cache_dir=cache)
     assert np.allclose(resumed, first, atol=1e-2)
 
 
 def test_unreadable_image_names_the_file(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(RuntimeError, match="cannot read image .*bad.jpg"):
-        extract_features([bad], lite0(), cache_dir=tmp_path, progress=False, workers=0)
+    with pytest.raises(ImageError, match="bad.jpg: cannot read image"):
+        extract_features([bad], lite0(), cache_dir=tmp_path, workers=0)
 
 
 @pytest.fixture

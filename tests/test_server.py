@@ -13,7 +13,7 @@ import pytest
 from conftest import FLICKR, needs_flickr
 from fastapi.testclient import TestClient
 
-from captioner.server import ServerSettings, create_app
+from captioner.serving.server import ServerSettings, create_app
 
 # A script, style or link that would load something from another host.
 EXTERNAL = re.compile(r"""(from\s+["']https?:|import\(["']https?:|url\(\s*["']?https?:"""
@@ -190,7 +190,7 @@ def test_stop_and_resume_a_job(client, tmp_path):
 @needs_flickr
 def test_restart_marks_running_jobs_interrupted(tmp_path):
     from captioner.config import TrainConfig
-    from captioner.jobs import JobStore
+    from captioner.serving.jobs import JobStore
 
     store = JobStore(tmp_path / "state" / "jobs.sqlite")
     job_id = store.create(TrainConfig(dataset_path=FLICKR))

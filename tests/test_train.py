@@ -11,9 +11,11 @@ from conftest import COCO, PHOTOS, needs_coco
 from safetensors.torch import load_file, save_file
 
 from captioner import Captioner
-from captioner.bundle import BundleError, load_bundle
-from captioner.config import ConfigError, TrainConfig, make_config
-from captioner.train import TrainingError, train
+from captioner.config import TrainConfig, make_config
+from captioner.core.errors import BundleError, ConfigError, TrainingError
+from captioner.core.progress import Event, StopTraining
+from captioner.storage.bundle import load_bundle
+from captioner.training.trainer import train
 
 TINY = dict(dataset_format="captions", vocab_threshold=1, embed_size=48, hidden_size=96,
             dropout=0.0, label_smoothing=0.0, batch_size=4, beam_size=2, device="cpu")
@@ -22,7 +24,7 @@ TINY = dict(dataset_format="captions", vocab_threshold=1, embed_size=48, hidden_
 @pytest.fixture(scope="module")
 def overfit_model(captions_csv, tmp_path_factory):
     cfg = TrainConfig(dataset_path=captions_csv, learning_rate=1e-2, epochs=60, **TINY)
-    return train(cfg, tmp_path_factory.mktemp("overfit"), progress=False)
+    return train(cfg, tmp_path_factory.mktemp("overfit"))
 
 
 def test_overfit_reproduces_training_captions(overfit_model, photo_dir):
@@ -90,13 +92,18 @@ def test_broken_bundles_are_refused_with_reasons(overfit_model, tmp_path):
 
 def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_path):
     cfg = TrainConfig(dataset_path=captions_csv, learning_rate=5e-3, epochs=4, **TINY)
-    whole = train(cfg, tmp_path / "whole", progress=False)
+    whole = train(cfg, tmp_path / "whole")
     # Stop after two epochs as a crash would, then run the same command again.
-    train(cfg, tmp_path / "resumed", progress=False, stop_after_epochs=2)
+    def stop_after_two(event: Event) -> None:
+        if event.phase == "epoch" and event.done == 2:
+            raise StopTraining
+
+    with pytest.raises(StopTraining):
+        train(cfg, tmp_path / "resumed", report=stop_after_two)
     assert not (tmp_path / "resumed" / "model").exists()
     state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 2
-    resumed = train(cfg, tmp_path / "resumed", progress=False)
+    resumed = train(cfg, tmp_path / "resumed")
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_a = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
@@ -106,7 +113,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_p
     # A different recipe in the same folder is refused rather than silently mixed.
     other = cfg.model_copy(update={"hidden_size": 64})
     with pytest.raises(TrainingError, match="different settings"):
-        train(other, tmp_path / "resumed", progress=False)
+        train(other, tmp_path / "resumed")
 
 
 def test_config_from_file_flags_and_errors(tmp_path):
@@ -135,18 +142,18 @@ def test_seed_coco_preset_trains_on_coco_mini(tmp_path):
     assert cfg.dataset_format == "coco" and cfg.learning_rate == 0.001
     with pytest.raises(ConfigError, match="unknown preset"):
         make_config(preset="nope", dataset_path=COCO)
-    bundle = train(cfg, tmp_path / "run", progress=False)
+    bundle = train(cfg, tmp_path / "run")
     assert load_bundle(bundle).model.cfg.hidden_size == 356
     assert json.loads((bundle / "metrics.json").read_text())["dev"]["CIDEr"] >= 0
 
 
 def test_finetuned_encoder_is_trained_saved_and_used(captions_csv, tmp_path, photo_dir):
-    from captioner.encoders import Encoder
+    from captioner.vision.encoders import Encoder
 
     cfg = TrainConfig(dataset_path=captions_csv, learning_rate=5e-3, epochs=2,
                       finetune_encoder=True, encoder_lr=1e-3, workers=0, **TINY)
     cache = tmp_path / "cache"
-    path = train(cfg.model_copy(update={"cache_dir": cache}), tmp_path / "ft", progress=False)
+    path = train(cfg.model_copy(update={"cache_dir": cache}), tmp_path / "ft")
     assert not list(cache.glob("*.npy")), "fine-tuning must not use cached features"
     tuned = load_file(path / "encoder.safetensors")
     base = Encoder("efficientnet_lite0", onnx=False).net_state()

@@ -5,9 +5,10 @@ import itertools
 import pytest
 import torch
 
-from captioner.decode import beam_search, greedy
-from captioner.model import ModelConfig, ShowAndTell
-from captioner.vocab import SPECIALS, Vocabulary, tokenize
+from captioner.data.vocab import SPECIALS, Vocabulary, tokenize
+from captioner.decoders.base import DecoderConfig as ModelConfig
+from captioner.decoders.search import beam_search, greedy
+from captioner.decoders.show_and_tell import ShowAndTell
 
 
 def test_tokenize_lowercases_and_drops_punctuation():

@@ -9,9 +9,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .bundle import BundleError, load_bundle
-from .decode import beam_search
-from .encoders import Encoder, open_image
+from .config import DecodeConfig
+from .core.errors import BundleError
+from .data.vocab import Vocabulary
+from .decoders.search import beam_search
+from .storage.bundle import load_bundle
+from .vision.encoders import Encoder
+from .vision.images import open_image
 
 ImageLike = str | Path | Image.Image
 
@@ -39,27 +43,35 @@ class Captioner:
         return cls(Path(path) if path else default_model_path(), device)
 
     @property
-    def vocab(self):
+    def vocab(self) -> Vocabulary:
         return self.bundle.vocab
 
-    def _open(self, image: ImageLike) -> Image.Image:
+    @property
+    def decoding(self) -> DecodeConfig:
+        """The model's own decoding settings (saved in its bundle)."""
+        return self.bundle.decoding
+
+    def open(self, image: ImageLike) -> Image.Image:
+        """A path or PIL image as an RGB PIL image (decoded at reduced scale when possible)."""
         if isinstance(image, Image.Image):
             return image
         return open_image(image, self.encoder.spec.image_size)
 
     def caption(self, images: Sequence[ImageLike] | ImageLike, beam_size: int | None = None,
-                max_len: int | None = None, batch_size: int = 16) -> list[str]:
-        """One caption per image, in order. Raises OSError/PIL errors for unreadable files."""
+                max_len: int | None = None, length_penalty: float | None = None,
+                batch_size: int = 16, decode: DecodeConfig | None = None) -> list[str]:
+        """One caption per image, in order. Decoding: `decode`, else the model's own settings
+        with any of beam_size/max_len/length_penalty replaced. Raises ImageError (an OSError)
+        for unreadable files."""
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
-        dec = self.bundle.decoding
-        beam = beam_size or dec.get("beam_size", 3)
-        length = max_len or dec.get("max_len", 20)
-        penalty = dec.get("length_penalty", 0.0)
+        decode = (decode or self.decoding).resolve(
+            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
         out: list[str] = []
         for i in range(0, len(images), batch_size):
-            pixels = [self.encoder.preprocess(self._open(im)) for im in images[i:i + batch_size]]
+            pixels = [self.encoder.preprocess(self.open(im)) for im in images[i:i + batch_size]]
             feats = self.encoder(torch.from_numpy(np.stack(pixels)))
-            seqs = beam_search(self.bundle.model, feats, beam, length, penalty)
+            seqs = beam_search(self.bundle.model, feats, decode.beam_size, decode.max_len,
+                               decode.length_penalty)
             out.extend(self.vocab.decode(s) for s in seqs)
         return out

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import sys
 import time
 import typing
 from pathlib import Path
+
+from pydantic_core import PydanticUndefined
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -37,11 +38,8 @@ def find_images(paths: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from . import Captioner
-
-    bad_image = (OSError, ValueError, Image.DecompressionBombError)
+    from .core.errors import ImageError
 
     images, problems = find_images(args.paths)
     for msg in problems:
@@ -51,38 +49,34 @@ def cmd_caption(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     cap = Captioner.load(args.model)
+    decode = cap.decoding.resolve(beam_size=args.beam_size, length_penalty=args.length_penalty)
     rows: list[tuple[str, str]] = []
     failed = len(problems)
     for i in range(0, len(images), args.batch_size):
         chunk = images[i:i + args.batch_size]
         try:
-            captions = cap.caption(chunk, beam_size=args.beam_size)
-            pairs = list(zip(chunk, captions, strict=True))
-        except bad_image:
+            pairs = list(zip(chunk, cap.caption(chunk, decode=decode), strict=True))
+        except ImageError:
             pairs = []  # one bad file in the batch: retry one by one to isolate it
             for path in chunk:
                 try:
-                    pairs.append((path, cap.caption([path], beam_size=args.beam_size)[0]))
-                except bad_image as exc:
+                    pairs.append((path, cap.caption([path], decode=decode)[0]))
+                except ImageError as exc:
                     failed += 1
-                    print(f"error: {path}: cannot read image ({exc})", file=sys.stderr)
+                    print(f"error: {exc}", file=sys.stderr)
         for path, caption in pairs:
             rows.append((str(path), caption))
             if not args.csv:
                 print(f"{path}\t{caption}", flush=True)
     if args.csv:
-        _write_csv(Path(args.csv), rows)
+        from .core.atomic import atomic_write
+
+        with atomic_write(args.csv, newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", "caption"])
+            writer.writerows(rows)
         print(f"wrote {len(rows)} captions to {args.csv}", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "caption"])
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +86,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         ann = field.annotation
-        help_ = f"{field.description} (default: {field.default})"
+        default = "required" if field.default is PydanticUndefined else \
+            f"default: {field.default}"
+        help_ = f"{field.description} ({default})"
         if ann is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_)
@@ -104,72 +100,60 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, make_config
-    from .train import train
+    from .core.progress import ConsoleReporter, silent
+    from .training.trainer import train
 
     overrides = {k: getattr(args, k) for k in TrainConfig.model_fields}
     cfg = make_config(args.config, args.preset, **overrides)
     t0 = time.time()
-    path = train(cfg, Path(args.out), progress=not args.quiet)
+    path = train(cfg, Path(args.out), report=silent if args.quiet else ConsoleReporter())
     print(f"model saved to {path} ({(time.time() - t0) / 60:.1f} min)")
     return 0
 
 
+def _records(args: argparse.Namespace, split: str) -> list:
+    from .data.datasets import load_dataset
+
+    return load_dataset(args.dataset_format, args.dataset_path, split, images=args.images,
+                        skip_missing=args.skip_missing)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import Captioner
-    from .datasets import load_dataset
-    from .evaluate import score_records
-    from .features import extract_features
-    from .train import caption_features
+    from .core.atomic import write_json
+    from .core.progress import ConsoleReporter
+    from .evaluation.evaluate import evaluate_model
 
     cap = Captioner.load(args.model)
-    records = load_dataset(args.format, args.data, args.split, images=args.images,
-                           skip_missing=args.skip_missing)
+    decode = cap.decoding.resolve(beam_size=args.beam_size, length_penalty=args.length_penalty)
+    records = _records(args, args.split)
     if args.limit:
         records = records[: args.limit]
-    import torch
-
-    feats = torch.from_numpy(extract_features([r.image for r in records], cap.encoder,
-                                              cache_dir=args.cache_dir).astype("float32"))
-    dec = cap.bundle.decoding
-    beam = args.beam_size or dec.get("beam_size", 3)
-    lp = dec.get("length_penalty", 0.0) if args.length_penalty is None else args.length_penalty
-    captions = caption_features(cap.bundle.model, cap.vocab, feats, beam,
-                                dec.get("max_len", 20), lp)
-    scores = score_records(records, captions)
-    ref_len = scores.pop("reference_mean_length")
-    mean_len = scores.pop("mean_length")
-    metrics = scores
-    report = {
-        "model": str(cap.path), "dataset": {"format": args.format, "path": str(args.data),
-                                            "split": args.split, "images": len(records)},
-        "decoding": {"beam_size": beam, "length_penalty": lp},
-        "metrics": metrics,
-        "mean_length": mean_len,
-        "reference_mean_length": ref_len,
-        "captions": [{"image": str(r.image), "caption": c} for r, c in zip(records, captions,
-                                                                           strict=True)],
-    }
-    for k, v in metrics.items():
+    report = evaluate_model(cap, records, decode, cache_dir=args.cache_dir,
+                            report=ConsoleReporter())
+    report["dataset"] = {"format": args.dataset_format, "path": str(args.dataset_path),
+                         "split": args.split, "images": len(records)}
+    for k, v in report["metrics"].items():
         print(f"{k:8s} {v:.4f}")
     print(f"mean caption length {report['mean_length']:.2f} words "
-          f"(references {ref_len:.2f})")
+          f"(references {report['reference_mean_length']:.2f})")
     if args.report:
-        tmp = Path(args.report).with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        tmp.replace(args.report)
+        write_json(args.report, report)
         print(f"report written to {args.report}")
     return 0
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
-    from .features import extract_features
+    from .core.progress import ConsoleReporter
+    from .vision.features import extract_features
+    from .vision.registry import get_spec
 
+    get_spec(args.encoder)  # an unknown name fails before any data is read
     for split in args.splits.split(","):
-        records = load_dataset(args.format, args.data, split, images=args.images,
-                               skip_missing=args.skip_missing)
+        records = _records(args, split)
         feats = extract_features([r.image for r in records], args.encoder,
-                                 cache_dir=args.cache_dir, workers=args.workers)
+                                 cache_dir=args.cache_dir, workers=args.workers,
+                                 report=ConsoleReporter())
         print(f"{split}: {feats.shape[0]} images x {feats.shape[1]} features cached")
     return 0
 
@@ -180,7 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .server import ServerSettings, create_app
+    from .serving.server import ServerSettings, create_app
 
     settings = ServerSettings(model=args.model, allow_training=not args.disable_training,
                               data_roots=args.data_root or [], max_upload_mb=args.max_upload_mb)
@@ -196,7 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .download import download_coco
+    from .data.download import download_coco
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
     download_coco(args.dest, splits, with_images=args.with_images, base_url=args.base_url,
@@ -208,6 +192,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import DATASET_FORMATS, presets
 
     p = argparse.ArgumentParser(prog="captioner", description="Describe photos in one sentence, "
                                 "and train and evaluate the models that do it.")
@@ -223,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folder (default: the bundled model)")
     c.add_argument("--beam-size", type=positive_int, default=None,
                    help="beam size (default: the model's)")
+    c.add_argument("--length-penalty", type=float, default=None,
+                   help="beam length normalisation (default: the model's)")
     c.add_argument("--csv", type=Path, default=None, help="write image,caption rows to this CSV")
     c.add_argument("--batch-size", type=positive_int, default=16,
                    help="images per batch (default 16)")
@@ -234,17 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "the same --out resumes from the last checkpoint.")
     t.add_argument("--out", type=Path, required=True, help="run folder (model/ is written here)")
     t.add_argument("--config", type=Path, default=None, help="TOML or YAML settings file")
-    t.add_argument("--preset", default=None, help="named recipe shipped with captioner: "
-                   "seed-coco (the original project's ResNet-50 COCO recipe)")
+    t.add_argument("--preset", default=None, choices=presets(),
+                   help="named recipe shipped with captioner: seed-coco (the original "
+                   "project's ResNet-50 COCO recipe)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
+    # The same names as `train`'s flags (--format/--data are kept as older spellings).
     data_flags = argparse.ArgumentParser(add_help=False)
-    data_flags.add_argument("--format", choices=["flickr8k", "coco", "karpathy", "captions"],
-                            default="flickr8k", help="dataset format (default flickr8k)")
-    data_flags.add_argument("--data", type=Path, required=True,
-                            help="dataset folder, or captions CSV/JSONL")
+    data_flags.add_argument("--dataset-format", "--format", dest="dataset_format",
+                            choices=DATASET_FORMATS, default="flickr8k",
+                            help="dataset format (default flickr8k)")
+    data_flags.add_argument("--dataset-path", "--data", dest="dataset_path", type=Path,
+                            required=True, help="dataset folder, or captions CSV/JSONL")
     data_flags.add_argument("--images", type=Path, default=None,
                             help="image folder for a captions file")
     data_flags.add_argument("--skip-missing", action="store_true",
@@ -302,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_download)
 
     f = sub.add_parser("features", parents=[data_flags], help="precompute the feature cache")
-    f.add_argument("--encoder", default="efficientnet_lite0", help="encoder name")
+    f.add_argument("--encoder", default="efficientnet_lite0",
+                   help="encoder name (default efficientnet_lite0)")
     f.add_argument("--splits", default="train,dev", help="comma-separated splits")
     f.add_argument("--workers", type=int, default=1, help="image-loading processes")
     f.set_defaults(func=cmd_features)
@@ -310,22 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .bundle import BundleError
-    from .config import ConfigError
-    from .datasets import DatasetError
-    from .download import DownloadError
-    from .encoders import EncoderUnavailable
-    from .train import TrainingError
+    from .core.errors import CaptionerError
+    from .core.progress import StopTraining
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     try:
         return args.func(args)
-    except (BundleError, ConfigError, DatasetError, DownloadError, EncoderUnavailable,
-            TrainingError) as exc:
+    except CaptionerError as exc:  # every known problem: one line (or a short list), no trace
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StopTraining:
+        return 130
     except KeyboardInterrupt:
         print("interrupted (a training run resumes when the same command is run again)",
               file=sys.stderr)

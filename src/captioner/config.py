@@ -1,5 +1,7 @@
-"""The one typed object that describes a training run. CLI flags, a TOML/YAML file, or (later) a
-web form all produce a `TrainConfig`; it is saved inside the model bundle."""
+"""The typed objects that describe a run. `TrainConfig` is what CLI flags, a TOML/YAML file,
+a preset or the web form produce (all through `make_config`); it is saved inside the model
+bundle. `DecodeConfig` is how captions are searched, shared by training's dev scoring, the
+bundle, the Python API, the HTTP API and the CLI. Importing this module never imports torch."""
 
 from __future__ import annotations
 
@@ -10,18 +12,57 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .encoders import ENCODERS
+from .core.errors import ConfigError
+from .vision.registry import ENCODERS
+
+DATASET_FORMATS = ("flickr8k", "coco", "karpathy", "captions")
+DatasetFormat = Literal["flickr8k", "coco", "karpathy", "captions"]
 
 
-class ConfigError(ValueError):
-    """A config file or value is invalid; the message names the field and the fix."""
+class DecodeConfig(BaseModel):
+    """How a caption is searched for. One rule for defaults everywhere: what the caller asks
+    for, else what the model bundle saved, else these defaults (`resolve`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    beam_size: int = Field(3, ge=1, le=20, description="beam size (1 = greedy)")
+    max_len: int = Field(20, ge=2, le=100, description="longest caption in words")
+    length_penalty: float = Field(
+        1.0, ge=0, le=3, description="beam length normalisation: score / length**penalty "
+        "(0 = most probable sequence; larger favours longer captions)")
+
+    def resolve(self, **overrides: object) -> DecodeConfig:
+        """This config with the given (non-None) settings replaced, validated."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        try:
+            return DecodeConfig(**{**self.model_dump(), **given})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, "decoding settings")) from None
+
+    @classmethod
+    def from_saved(cls, data: dict | None) -> DecodeConfig:
+        """A bundle's saved decoding block (unknown keys from newer versions are ignored)."""
+        data = data or {}
+        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
+
+
+def _decode_field(name: str):
+    # TrainConfig's decoding fields are DecodeConfig's own: one default and one limit each.
+    return DecodeConfig.model_fields[name]
+
+
+def _describe(exc: ValidationError, what: str) -> str:
+    lines = [f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+    return f"invalid {what}:\n" + "\n".join(lines)
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # data
-    dataset_format: Literal["flickr8k", "coco", "karpathy", "captions"] = Field(
+    dataset_format: DatasetFormat = Field(
         "flickr8k", description="dataset format: flickr8k, coco, karpathy (dataset_coco.json)"
         ", or captions (CSV/JSONL)")
     dataset_path: Path = Field(
@@ -54,11 +95,11 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="learning-rate schedule after a one-epoch linear warm-up")
-    max_len: int = Field(20, ge=2, le=100, description="longest caption in words")
+    max_len: int = _decode_field("max_len")
     seed: int = Field(42, description="random seed (runs are reproducible)")
-    # decoding used for dev scores
-    beam_size: int = Field(3, ge=1, le=20, description="beam size for dev-split scoring")
-    length_penalty: float = Field(1.0, ge=0, le=3, description="beam length normalisation")
+    # decoding used for dev scores and saved in the bundle as the model's default
+    beam_size: int = _decode_field("beam_size")
+    length_penalty: float = _decode_field("length_penalty")
     # machinery
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     workers: int = Field(1, ge=0, le=64, description="image-loading processes for features")
@@ -70,6 +111,11 @@ class TrainConfig(BaseModel):
         if value not in ENCODERS:
             raise ValueError(f"unknown encoder {value!r}; choose one of {', '.join(ENCODERS)}")
         return value
+
+    @property
+    def decoding(self) -> DecodeConfig:
+        return DecodeConfig(beam_size=self.beam_size, max_len=self.max_len,
+                            length_penalty=self.length_penalty)
 
     def fingerprint(self) -> dict:
         """Settings a checkpoint must agree with to be resumed (not epochs or machinery)."""
@@ -102,21 +148,24 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.toml"))
 
 
+def preset_values(name: str) -> dict:
+    """The settings a preset changes from the defaults."""
+    if name not in presets():
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets())}")
+    return load_config_file(PRESETS / f"{name}.toml")
+
+
 def make_config(file: Path | None = None, preset: str | None = None,
                 **overrides: object) -> TrainConfig:
     """Defaults, then the preset, then the file, then explicit overrides (None = not given)."""
     data: dict = {}
     if preset:
-        if preset not in presets():
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(presets())}")
-        data.update(load_config_file(PRESETS / f"{preset}.toml"))
+        data.update(preset_values(preset))
     if file:
         data.update(load_config_file(file))
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}"
-                 for e in exc.errors()]
-        where = f" in {file}" if file else ""
-        raise ConfigError(f"invalid training settings{where}:\n" + "\n".join(lines)) from None
+        raise ConfigError(_describe(exc, f"training settings{f' in {file}' if file else ''}"
+                                    )) from None

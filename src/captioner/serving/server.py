@@ -12,8 +12,6 @@ import contextlib
 import csv
 import io
 import json
-import shutil
-import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,180 +20,47 @@ from typing import Annotated
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from . import __version__
-from .api import Captioner, default_model_path
-from .bundle import BundleError, load_bundle, write_json
-from .config import TrainConfig
-from .encoders import open_image
+from .. import __version__
+from ..config import DATASET_FORMATS, TrainConfig, make_config, preset_values, presets
+from ..core.errors import (
+    BundleError,
+    CaptionerError,
+    ConfigError,
+    ImageError,
+    ModelNotFound,
+    ModelProtected,
+)
+from ..core.paths import default_state_dir
+from ..vision.images import open_image
+from .batcher import Batcher
 from .jobs import TERMINAL, JobRunner, JobStore
+from .model_store import ModelStore
 
 STATIC = Path(__file__).parent / "web"
-BUNDLED_ID = "bundled"
+
+# Project errors -> HTTP status; anything else that is a CaptionerError is a 400.
+STATUS = [(ModelNotFound, 404), (ModelProtected, 403), (ConfigError, 422), (BundleError, 500)]
 
 
 @dataclass
 class ServerSettings:
-    state_dir: Path = Path.home() / ".local" / "share" / "captioner"
-    model: Path | None = None  # start with this model as the default
+    state_dir: Path = field(default_factory=default_state_dir)
+    model: Path | None = None  # this server run's default model (the saved default is kept)
     allow_training: bool = True
     data_roots: list[Path] = field(default_factory=list)  # training data must live under one
     max_upload_mb: float = 20.0
     max_files: int = 100
 
 
-class Models:
-    """Bundled model + every bundle in state_dir/models; loaded lazily, then kept."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self.dir = settings.state_dir / "models"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.prefs = settings.state_dir / "settings.json"
-        self.loaded: dict[str, Captioner] = {}
-        self.lock = threading.Lock()
-        self.extra: dict[str, Path] = {}
-        if settings.model is not None:
-            self.extra["custom"] = Path(settings.model)
-            self.set_default("custom")
-
-    def path(self, model_id: str) -> Path:
-        if model_id == BUNDLED_ID:
-            return default_model_path()
-        if model_id in self.extra:
-            return self.extra[model_id]
-        p = self.dir / model_id
-        if "/" in model_id or model_id.startswith(".") or not (p / "config.json").is_file():
-            raise HTTPException(404, f"no model {model_id!r}; GET /api/models lists them")
-        return p
-
-    def ids(self) -> list[str]:
-        found = sorted(p.name for p in self.dir.iterdir()
-                       if p.is_dir() and not p.name.startswith(".") and
-                       (p / "config.json").is_file())
-        return [BUNDLED_ID, *self.extra, *found]
-
-    def default(self) -> str:
-        try:
-            chosen = json.loads(self.prefs.read_text()).get("default_model", BUNDLED_ID)
-        except (OSError, ValueError):
-            chosen = BUNDLED_ID
-        return chosen if chosen in self.ids() else BUNDLED_ID
-
-    def set_default(self, model_id: str) -> None:
-        self.path(model_id)
-        tmp = self.prefs.with_suffix(".tmp")
-        write_json(tmp, {"default_model": model_id})
-        tmp.replace(self.prefs)
-
-    def get(self, model_id: str | None) -> Captioner:
-        model_id = model_id or self.default()
-        path = self.path(model_id)
-        with self.lock:
-            if model_id not in self.loaded:
-                try:
-                    self.loaded[model_id] = Captioner.load(path)
-                except BundleError as exc:
-                    raise HTTPException(500, f"model {model_id} cannot be loaded: {exc}") from None
-            return self.loaded[model_id]
-
-    def info(self, model_id: str) -> dict:
-        path = self.path(model_id)
-        cfg = json.loads((path / "config.json").read_text())
-        metrics = json.loads((path / "metrics.json").read_text()) if (
-            path / "metrics.json").exists() else {}
-        card = (path / "README.md").read_text() if (path / "README.md").exists() else ""
-        train = cfg.get("train", {})
-        return {
-            "id": model_id, "default": model_id == self.default(),
-            "deletable": model_id not in (BUNDLED_ID, *self.extra),
-            "encoder": cfg.get("encoder"), "model": cfg.get("model"),
-            "data": {k: train.get(k) for k in ("dataset_format", "dataset_path", "train_split")},
-            "settings": {k: train.get(k) for k in ("batch_size", "vocab_threshold", "embed_size",
-                                                     "hidden_size", "learning_rate", "epochs")},
-            "dev_scores": metrics.get("dev", {}), "best_epoch": metrics.get("best_epoch"),
-            "train_seconds": metrics.get("train_seconds"),
-            "size_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
-            "card": card,
-        }
-
-    def delete(self, model_id: str) -> None:
-        if model_id in (BUNDLED_ID, *self.extra):
-            raise HTTPException(403, "the bundled model cannot be deleted")
-        path = self.path(model_id)
-        with self.lock:
-            self.loaded.pop(model_id, None)
-        shutil.rmtree(path)
-
-
-class Batcher:
-    """Captions requests on one worker thread, merging concurrent requests into one batch.
-
-    One thread keeps memory flat (no per-thread malloc arenas) and the two cores busy with one
-    batch at a time; merging waiting requests amortises the encoder and beam search over many
-    images, which is what keeps latency low when many clients send one photo each.
-    """
-
-    def __init__(self, max_batch: int = 32) -> None:
-        self.max_batch = max_batch
-        self.queue: list[tuple[Captioner, list[Image.Image], int, asyncio.Future]] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._loop, name="captioner-batcher", daemon=True).start()
-
-    async def caption(self, cap: Captioner, images: list[Image.Image], beam: int) -> list[str]:
-        future = asyncio.get_running_loop().create_future()
-        with self.cond:
-            self.queue.append((cap, images, beam, future))
-            self.cond.notify()
-        return await future
-
-    def _loop(self) -> None:
-        while True:
-            with self.cond:
-                while not self.queue:
-                    self.cond.wait()
-                first = self.queue[0]
-                batch, size = [], 0
-                for item in list(self.queue):  # same model and beam, up to max_batch images
-                    if item[0] is first[0] and item[2] == first[2] and (
-                            not batch or size + len(item[1]) <= self.max_batch):
-                        batch.append(item)
-                        size += len(item[1])
-                        self.queue.remove(item)
-            try:
-                texts = first[0].caption([im for item in batch for im in item[1]],
-                                         beam_size=first[2])
-                error = None
-            except Exception as exc:  # hand the error to every waiting request
-                texts, error = [], exc
-            start = 0
-            for _, images, _, future in batch:
-                part = texts[start:start + len(images)]
-                start += len(images)
-                loop = future.get_loop()
-                if error is not None:
-                    loop.call_soon_threadsafe(_set_exception, future, error)
-                else:
-                    loop.call_soon_threadsafe(_set_result, future, part)
-
-
-def _set_result(future: asyncio.Future, value: object) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    models = Models(settings)
+    models = ModelStore(settings.state_dir / "models", settings.state_dir / "settings.json",
+                        settings.model)
     batcher = Batcher()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -209,9 +74,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     _add_offline_docs(app)
     app.state.models = models
 
-    @app.exception_handler(BundleError)
-    async def _bundle_error(request: Request, exc: BundleError):
-        return JSONResponse({"detail": str(exc)}, status_code=500)
+    @app.exception_handler(CaptionerError)
+    async def _project_error(request: Request, exc: CaptionerError):
+        status = next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -221,15 +87,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @app.post("/api/captions")
     async def captions(request: Request, files: Annotated[list[UploadFile], File()],
                        model: Annotated[str | None, Form()] = None,
-                       beam_size: Annotated[int, Form()] = 3):
-        if not 1 <= beam_size <= 10:
-            raise HTTPException(422, "beam_size must be between 1 and 10")
+                       beam_size: Annotated[int | None, Form()] = None,
+                       length_penalty: Annotated[float | None, Form()] = None):
+        """Caption uploaded photos. Decoding settings not given are the model's own."""
         if len(files) > settings.max_files:
             raise HTTPException(413, f"at most {settings.max_files} files per request")
         cap = await run_in_threadpool(models.get, model)
+        decode = cap.decoding.resolve(beam_size=beam_size, length_penalty=length_penalty)
         limit = int(settings.max_upload_mb * 1024 * 1024)
         results: list[dict] = []
-        images: list[tuple[int, Image.Image]] = []
+        images: list[tuple[int, object]] = []
         for f in files:
             name = Path(f.filename or "image").name
             data = await f.read(limit + 1)
@@ -238,13 +105,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 results[-1]["error"] = (f"file is larger than {settings.max_upload_mb:g} MB; "
                                         "resize it or raise --max-upload-mb")
                 continue
-            try:
-                image = open_image(io.BytesIO(data), cap.encoder.spec.image_size)
+            try:  # decoding is CPU work: off the event loop
+                image = await run_in_threadpool(open_image, io.BytesIO(data),
+                                                cap.encoder.spec.image_size)
                 images.append((len(results) - 1, image))
-            except (OSError, ValueError, Image.DecompressionBombError):
+            except ImageError:
                 results[-1]["error"] = "not an image this server can read (use JPEG, PNG or WebP)"
         if images:
-            texts = await batcher.caption(cap, [im for _, im in images], beam_size)
+            texts = await batcher.caption(cap, [im for _, im in images], decode)
             for (i, _), text in zip(images, texts, strict=True):
                 results[i]["caption"] = text
         for r in results:
@@ -269,8 +137,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.post("/api/models/{model_id}/default")
     def make_default(model_id: str) -> dict:
-        load_bundle(models.path(model_id))  # refuse a broken bundle before it becomes default
-        models.set_default(model_id)
+        models.set_default(model_id)  # loads it first: a broken bundle never becomes default
         return models.info(model_id)
 
     @app.delete("/api/models/{model_id}")
@@ -280,12 +147,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/api/models/{model_id}/download")
     def download_model(model_id: str) -> Response:
-        path = models.path(model_id)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(path.iterdir()):
-                if f.is_file():
-                    z.write(f, f"{model_id}/{f.name}")
+            for f in models.files(model_id):
+                z.write(f, f"{model_id}/{f.name}")
         return Response(buf.getvalue(), media_type="application/zip", headers={
             "Content-Disposition": f'attachment; filename="captioner-{model_id}.zip"'})
 
@@ -324,7 +189,7 @@ def _page(name: str):
     return serve
 
 
-def _add_training_routes(app: FastAPI, settings: ServerSettings, models: Models) -> None:
+def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelStore) -> None:
     store = JobStore(settings.state_dir / "jobs.sqlite")
     store.mark_orphans()
     runner = JobRunner(store, settings.state_dir / "runs", models.dir)
@@ -339,7 +204,16 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: Models)
 
     @app.get("/api/datasets")
     def data_roots() -> dict:
-        return {"roots": [str(r) for r in roots]}
+        return {"roots": [str(r) for r in roots], "formats": list(DATASET_FORMATS)}
+
+    @app.get("/api/config/schema")
+    def config_schema() -> dict:
+        """TrainConfig's JSON schema (defaults, limits, choices, help) and the presets: the
+        Train page builds its form from this."""
+        schema = TrainConfig.model_json_schema()
+        for name in ("cache_dir", "device"):  # the server decides these
+            schema["properties"].pop(name, None)
+        return {"schema": schema, "presets": {p: preset_values(p) for p in presets()}}
 
     @app.post("/api/jobs", status_code=201)
     async def create_job(request: Request) -> dict:
@@ -350,11 +224,8 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: Models)
         except ValueError:
             raise HTTPException(400, "send the training settings as a JSON object") from None
         body.pop("cache_dir", None)  # the server decides where caches live
-        try:
-            cfg = TrainConfig(**body)
-        except ValidationError as exc:
-            msgs = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-            raise HTTPException(422, "; ".join(msgs)) from None
+        preset = body.pop("preset", None)
+        cfg = make_config(preset=preset or None, **body)  # the CLI's path: ConfigError -> 422
         path = cfg.dataset_path.expanduser().resolve()
         if not roots:
             raise HTTPException(403, "this server allows no training data; start it with "

@@ -15,18 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from .encoders import Encoder, get_spec, open_image, resize_center_crop
+from ..core.atomic import write_json
+from ..core.paths import default_cache_dir
+from ..core.progress import Event, Reporter, silent
+from .encoders import Encoder
+from .images import open_image, to_pixels
+from .registry import get_spec
 
 PREPROCESS_VERSION = 1  # bump when resize/crop/normalisation changes
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("CAPTIONER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "captioner"
 
 
 def cache_key(encoder: str, images: list[Path], weights_id: str | None = None) -> str:
@@ -49,34 +47,28 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        try:
-            image = open_image(self.paths[i], self.size)
-            return np.asarray(resize_center_crop(image, self.size), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise RuntimeError(f"cannot read image {self.paths[i]}: {exc}") from None
+        return to_pixels(open_image(self.paths[i], self.size), self.size)  # ImageError names it
 
 
-def _stack(batch: list[np.ndarray]) -> torch.Tensor:
+def stack_pixels(batch: list[np.ndarray]) -> torch.Tensor:
+    """DataLoader collate function: uint8 HWC arrays -> one (N, H, W, 3) tensor."""
     return torch.from_numpy(np.stack(batch))
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
 
 
 def extract_features(images: list[Path], encoder: str | Encoder, cache_dir: Path | None = None,
                      batch_size: int = 32, workers: int = 1, device: str = "cpu",
-                     progress: bool = True) -> np.ndarray:
-    """Return a read-only (N, D) float16 memmap of pooled features, computing what is missing."""
+                     report: Reporter = silent) -> np.ndarray:
+    """Return a read-only (N, D) float16 memmap of pooled features, computing what is missing.
+    Reports ``features`` events (images done / total)."""
     name = encoder if isinstance(encoder, str) else encoder.spec.name
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(name, images, None if isinstance(encoder, str) else encoder.weights_id)
     final = cache_dir / f"{name}-{key}.npy"
     if final.exists():
-        return np.load(final, mmap_mode="r")
+        cached = np.load(final, mmap_mode="r")
+        report(Event("features", len(cached), len(cached), message=f"features ({name}, cached)"))
+        return cached
 
     enc = encoder if isinstance(encoder, Encoder) else Encoder(name, device)
     partial = cache_dir / f"{name}-{key}.partial.npy"
@@ -89,16 +81,17 @@ def extract_features(images: list[Path], encoder: str | Encoder, cache_dir: Path
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
                                         shape=(len(images), enc.spec.feature_dim))
     todo = _Images(images[done:], enc.spec.image_size)
-    loader = DataLoader(todo, batch_size=batch_size, num_workers=workers, collate_fn=_stack)
-    with tqdm(total=len(images), initial=done, desc=f"features ({name})", unit="img",
-              disable=not progress) as bar:
-        for batch in loader:
-            feats = enc(batch).cpu().numpy().astype(np.float16)
-            out[done:done + len(feats)] = feats
-            done += len(feats)
-            out.flush()
-            _atomic_json(state, {"done": done})
-            bar.update(len(feats))
+    loader = DataLoader(todo, batch_size=batch_size, num_workers=workers,
+                        collate_fn=stack_pixels)
+    label = f"features ({name})"
+    report(Event("features", done, len(images), message=label))
+    for batch in loader:
+        feats = enc(batch).cpu().numpy().astype(np.float16)
+        out[done:done + len(feats)] = feats
+        done += len(feats)
+        out.flush()
+        write_json(state, {"done": done}, indent=None)
+        report(Event("features", done, len(images), message=label))
     del out
     os.replace(partial, final)
     state.unlink(missing_ok=True)

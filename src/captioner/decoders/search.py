@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import torch
 
-from .model import ShowAndTell
-from .vocab import Vocabulary
+from ..config import DecodeConfig
+from ..data.vocab import Vocabulary
+from .base import Decoder
 
 NEG_INF = float("-inf")
 
 
 @torch.inference_mode()
-def beam_search(model: ShowAndTell, features: torch.Tensor, beam_size: int = 3,
+def beam_search(model: Decoder, features: torch.Tensor, beam_size: int = 3,
                 max_len: int = 20, length_penalty: float = 0.0) -> list[list[int]]:
     """Best token sequence (without <start>/<end>) for each row of `features`."""
     if beam_size < 1 or max_len < 1:
@@ -26,8 +27,7 @@ def beam_search(model: ShowAndTell, features: torch.Tensor, beam_size: int = 3,
     b, k = features.shape[0], beam_size
     pad, start, end, unk = (Vocabulary.pad_id, Vocabulary.start_id, Vocabulary.end_id,
                             Vocabulary.unk_id)
-    h, c = model.init_state(features)
-    state = (h.repeat_interleave(k, dim=1), c.repeat_interleave(k, dim=1))
+    state = model.repeat_state(model.init_state(features), k)
     device = features.device
     tokens = torch.full((b * k,), start, dtype=torch.long, device=device)
     # Only the first beam is live at the start, or the k beams would be k copies of one.
@@ -59,7 +59,7 @@ def beam_search(model: ShowAndTell, features: torch.Tensor, beam_size: int = 3,
         seqs = torch.cat([seqs.gather(1, beam.unsqueeze(-1).expand(-1, -1, seqs.shape[-1])),
                           word.unsqueeze(-1)], dim=-1)
         rows = (beam + torch.arange(b, device=device).unsqueeze(1) * k).view(-1)
-        state = (state[0][:, rows], state[1][:, rows])
+        state = model.select_state(state, rows)
         tokens = word.view(-1)
         if bool(done.all()):
             break
@@ -75,5 +75,17 @@ def beam_search(model: ShowAndTell, features: torch.Tensor, beam_size: int = 3,
     return out
 
 
-def greedy(model: ShowAndTell, features: torch.Tensor, max_len: int = 20) -> list[list[int]]:
+def greedy(model: Decoder, features: torch.Tensor, max_len: int = 20) -> list[list[int]]:
     return beam_search(model, features, beam_size=1, max_len=max_len)
+
+
+def caption_features(model: Decoder, vocab: Vocabulary, features: torch.Tensor,
+                     decode: DecodeConfig, batch: int = 250) -> list[str]:
+    """One caption per row of image features, searched as `decode` says, in batches."""
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(features), batch):
+        seqs = beam_search(model, features[i:i + batch].to(device), decode.beam_size,
+                           decode.max_len, decode.length_penalty)
+        out.extend(vocab.decode(s) for s in seqs)
+    return out

@@ -1,23 +1,25 @@
 """Model bundles: a folder with config.json, vocab.json, model.safetensors, metrics.json and a
-README.md model card. Nothing is ever unpickled; shapes and versions are checked on load.
-Writes go to a sibling temp folder that replaces the target by rename, so a crash never leaves a
-half-written bundle."""
+README.md model card (plus encoder.safetensors for a fine-tuned encoder). Nothing is ever
+unpickled; versions, the decoder kind, the vocabulary size and every tensor's shape are checked
+on load. Writes go through `atomic_dir`, so a crash never leaves a half-written bundle."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .encoders import ENCODERS
-from .model import ModelConfig, ShowAndTell
-from .vocab import Vocabulary
+from ..config import DecodeConfig
+from ..core.atomic import atomic_dir
+from ..core.errors import BundleError, CaptionerError
+from ..data.vocab import Vocabulary
+from ..decoders.base import DecoderConfig
+from ..decoders.registry import build_decoder
+from ..vision.registry import ENCODERS
 
 FORMAT = "captioner-bundle"
 FORMAT_VERSION = 1
@@ -25,82 +27,56 @@ WEIGHTS = "model.safetensors"
 ENCODER_WEIGHTS = "encoder.safetensors"
 
 
-class BundleError(ValueError):
-    """A model folder is missing, incomplete or inconsistent; the message says what and why."""
-
-
 @dataclass
 class Bundle:
-    model: ShowAndTell
+    model: nn.Module  # a decoders.base.Decoder
     vocab: Vocabulary
     encoder: str
-    decoding: dict
+    decoding: DecodeConfig
     train_config: dict
     metrics: dict
     path: Path | None = None
     encoder_state: dict[str, torch.Tensor] | None = None  # only for fine-tuned encoders
 
 
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Swap a fully written folder into place (old one removed only after the swap)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def make_readable(folder: Path) -> None:
-    """mkdtemp makes a private (0700) folder; a saved model should be readable like any file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~umask)
-
-
-def write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def save_bundle(path: Path, bundle: Bundle, card: str, dtype: torch.dtype = torch.float16) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                  for k, v in bundle.model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         if bundle.encoder_state is not None:
             save_file({k: v.contiguous() for k, v in bundle.encoder_state.items()},
                       str(tmp / ENCODER_WEIGHTS), metadata={"format": FORMAT})
-        write_json(tmp / "config.json", {
+        _write_json(tmp / "config.json", {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "encoder": bundle.encoder, "model": bundle.model.cfg.model_dump(),
-            "decoding": bundle.decoding, "train": bundle.train_config,
+            "decoding": bundle.decoding.model_dump(), "train": bundle.train_config,
         })
-        write_json(tmp / "vocab.json", bundle.vocab.to_json())
-        write_json(tmp / "metrics.json", bundle.metrics)
+        _write_json(tmp / "vocab.json", bundle.vocab.to_json())
+        _write_json(tmp / "metrics.json", bundle.metrics)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        make_readable(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise BundleError(f"{path} is missing: {path.parent} is not a complete captioner model")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return data
 
 
-def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
+def read_config(path: Path) -> dict:
+    """A bundle's config.json, checked for format and version (cheap: no weights)."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"model folder {path} not found")
@@ -112,9 +88,16 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
                           f"captioner reads version {FORMAT_VERSION}. Upgrade captioner.")
     if cfg.get("encoder") not in ENCODERS:
         raise BundleError(f"{path}: unknown encoder {cfg.get('encoder')!r}")
+    return cfg
+
+
+def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
+    path = Path(path)
+    cfg = read_config(path)
     try:
         vocab = Vocabulary.from_json(_read_json(path / "vocab.json"))
-        mcfg = ModelConfig(**cfg["model"])
+        mcfg = DecoderConfig(**cfg["model"])
+        decoding = DecodeConfig.from_saved(cfg.get("decoding"))
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: invalid config or vocabulary: {exc}") from None
     if mcfg.vocab_size != len(vocab):
@@ -131,7 +114,10 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises its own error types across versions
         raise BundleError(f"{weights}: unreadable weights ({exc})") from None
-    model = ShowAndTell(mcfg)
+    try:
+        model = build_decoder(mcfg)
+    except CaptionerError as exc:
+        raise BundleError(f"{path}: {exc}") from None
     expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
@@ -148,5 +134,17 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
             encoder_state = load_file(str(path / ENCODER_WEIGHTS))
         except Exception as exc:  # safetensors raises its own error types across versions
             raise BundleError(f"{path / ENCODER_WEIGHTS}: unreadable weights ({exc})") from None
-    return Bundle(model, vocab, cfg["encoder"], cfg.get("decoding", {}), cfg.get("train", {}),
-                  metrics, path, encoder_state)
+    return Bundle(model, vocab, cfg["encoder"], decoding, cfg.get("train", {}), metrics, path,
+                  encoder_state)
+
+
+def read_summary(path: Path) -> dict:
+    """What a model list shows, without loading weights: config.json, metrics.json, the card and
+    the size on disk. Raises BundleError for a folder that is not a readable bundle."""
+    path = Path(path)
+    cfg = read_config(path)
+    metrics = _read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+    card_path = path / "README.md"
+    card = card_path.read_text(encoding="utf-8", errors="replace") if card_path.exists() else ""
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return {"config": cfg, "metrics": metrics, "card": card, "size_bytes": size}

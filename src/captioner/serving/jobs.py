@@ -19,7 +19,9 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
-from .config import TrainConfig
+from ..config import TrainConfig
+from ..core.atomic import atomic_dir
+from ..core.progress import Event, Throttle
 
 TERMINAL = {"done", "failed", "stopped", "interrupted"}
 
@@ -116,7 +118,7 @@ def _alive(pid: int | None) -> bool:
 
 def _run(db_path: str, job_id: str, run_dir: str, models_dir: str) -> None:
     """Child process: train, report progress to the store, publish the model when done."""
-    from .train import train
+    from ..training.trainer import train
 
     store = JobStore(Path(db_path))
     job = store.get(job_id)
@@ -129,28 +131,29 @@ def _run(db_path: str, job_id: str, run_dir: str, models_dir: str) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    last = {"t": 0.0}
 
-    def on_step(p: dict) -> None:
-        if time.time() - last["t"] > 0.5 or p["step"] == p["steps"]:
-            last["t"] = time.time()
-            store.update(job_id, progress=p)
+    def on_step(event: Event) -> None:
+        store.update(job_id, progress=event.metrics)
 
-    def on_epoch(line: dict) -> None:
-        history[:] = [h for h in history if h["epoch"] < line["epoch"]] + [line]
-        store.update(job_id, history=history)
-        store.append_log(job_id, f"epoch {line['epoch']}: loss {line['loss']:.3f}, dev BLEU-4 "
-                                 f"{line['dev_BLEU-4']:.3f}, CIDEr {line['dev_CIDEr']:.3f}")
+    steps = Throttle(on_step, interval=0.5)
+
+    def report(event: Event) -> None:
+        if event.phase == "train":
+            steps(event)
+        elif event.phase == "epoch":
+            line = {k: v for k, v in event.metrics.items() if not k.startswith("best_")}
+            history[:] = [h for h in history if h["epoch"] < line["epoch"]] + [line]
+            store.update(job_id, history=history)
+            store.append_log(job_id, f"epoch {line['epoch']}: loss {line['loss']:.3f}, dev "
+                             f"BLEU-4 {line['dev_BLEU-4']:.3f}, CIDEr {line['dev_CIDEr']:.3f}")
 
     store.update(job_id, state="running", pid=os.getpid(), error=None)
     store.append_log(job_id, "started")
     try:
-        bundle = train(cfg, Path(run_dir), progress=False, on_epoch=on_epoch, on_step=on_step)
-        target = Path(models_dir) / job_id
-        tmp = Path(models_dir) / f".{job_id}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(bundle, tmp)
-        os.replace(tmp, target)
+        bundle = train(cfg, Path(run_dir), report=report)
+        with atomic_dir(Path(models_dir) / job_id) as tmp:  # publish the model whole
+            for f in bundle.iterdir():
+                shutil.copy2(f, tmp / f.name)
         store.update(job_id, state="done", model_id=job_id, pid=None)
         store.append_log(job_id, f"finished: model {job_id}")
     except KeyboardInterrupt:

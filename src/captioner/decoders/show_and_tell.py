@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from .base import DecoderConfig
 
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    feature_dim: int = Field(gt=0)
-    vocab_size: int = Field(gt=4)
-    embed_size: int = Field(512, gt=0)
-    hidden_size: int = Field(512, gt=0)
-    num_layers: int = Field(1, ge=1, le=4)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
 class ShowAndTell(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    kind = "show_and_tell"
+
+    def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
         # Normalising the frozen CNN's features keeps the first LSTM input on the same scale as
@@ -43,13 +37,18 @@ class ShowAndTell(nn.Module):
         hidden, _ = self.lstm(x)
         return self.out(self.dropout(hidden[:, 1:]))
 
-    def init_state(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def init_state(self, features: torch.Tensor) -> LSTMState:
         """Feed the image; returns the LSTM state ready for <start>."""
         _, state = self.lstm(self.image_input(features).unsqueeze(1))
         return state
 
-    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]
-             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def step(self, tokens: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         """One decoding step: tokens (N,) -> log-probabilities (N, V) and the new state."""
         hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)
         return torch.log_softmax(self.out(hidden[:, 0]).float(), dim=-1), state
+
+    def repeat_state(self, state: LSTMState, k: int) -> LSTMState:
+        return state[0].repeat_interleave(k, dim=1), state[1].repeat_interleave(k, dim=1)
+
+    def select_state(self, state: LSTMState, rows: torch.Tensor) -> LSTMState:
+        return state[0][:, rows], state[1][:, rows]

@@ -20,6 +20,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from ..core.errors import DownloadError
+
 OFFICIAL_BASE = "http://images.cocodataset.org"
 
 
@@ -42,10 +44,6 @@ ARCHIVES = {
         "annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c",
         252_907_541, ".", 3.5),
 }
-
-
-class DownloadError(RuntimeError):
-    """A download, check or extraction failed; the message says what to do."""
 
 
 def _human(n: float) -> str:

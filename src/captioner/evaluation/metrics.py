@@ -11,6 +11,9 @@ import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
+from ..core.errors import ScoringError
+from ..data.vocab import tokenize
+
 ALL_METRICS = ("bleu", "meteor", "rouge", "cider")
 
 
@@ -29,8 +32,6 @@ def _quiet_stderr():
 
 
 def _simple_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    from .vocab import tokenize
-
     return {k: [" ".join(tokenize(c)) for c in v] for k, v in captions.items()}
 
 
@@ -44,7 +45,7 @@ def score(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]
     metrics = list(metrics)
     has_java = shutil.which("java") is not None
     if not has_java and (tokenizer == "ptb" or "meteor" in metrics):
-        raise RuntimeError("scoring captions needs Java (pycocoevalcap runs the PTB tokenizer "
+        raise ScoringError("scoring captions needs Java (pycocoevalcap runs the PTB tokenizer "
                            "and METEOR in Java): install a JRE, e.g. apt-get install "
                            "default-jre-headless")
     ids = sorted(hypotheses)
@@ -86,13 +87,15 @@ def score(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]
     return out
 
 
+def has_java() -> bool:
+    return shutil.which("java") is not None
+
+
 def score_records(records: Sequence, captions: Sequence[str],
                   metrics: Iterable[str] = ALL_METRICS, tokenizer: str = "auto"
                   ) -> dict[str, float]:
     """Scores of one caption per dataset record against the record's references, plus the mean
     length in words of the captions and of the references."""
-    from .vocab import tokenize
-
     refs = {str(i): list(r.captions) for i, r in enumerate(records)}
     hyps = {str(i): c for i, c in enumerate(captions)}
     out = score(refs, hyps, metrics, tokenizer)

@@ -11,34 +11,19 @@ import hashlib
 import logging
 import os
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from ..core.errors import EncoderUnavailable
+from ..core.paths import default_cache_dir
+from .images import to_pixels
+from .registry import EncoderSpec, get_spec
+
 log = logging.getLogger(__name__)
-
-
-class EncoderUnavailable(RuntimeError):
-    """The encoder's weights cannot be loaded here; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    name: str
-    image_size: int
-    feature_dim: int
-    # Mean/std on 0..255 RGB, so both EfficientNet-Lite's (x-127)/128 and torchvision's
-    # ImageNet normalisation are one formula.
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    build: Callable[[], nn.Module]
-    weights_id: str  # goes into the feature-cache key
 
 
 def _efficientnet_lite(variant: int) -> nn.Module:
@@ -98,67 +83,11 @@ def _resnet(depth: int) -> nn.Module:
     return net
 
 
-_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-_LITE_MEAN = (127.0, 127.0, 127.0)
-_LITE_STD = (128.0, 128.0, 128.0)
-
-ENCODERS: dict[str, EncoderSpec] = {
-    "efficientnet_lite0": EncoderSpec(
-        "efficientnet_lite0", 224, 1280, _LITE_MEAN, _LITE_STD,
-        lambda: _efficientnet_lite(0), "efficientnet-lite0-57934424",
-    ),
-    "efficientnet_lite2": EncoderSpec(
-        "efficientnet_lite2", 260, 1280, _LITE_MEAN, _LITE_STD,
-        lambda: _efficientnet_lite(2), "efficientnet-lite2-9656183e",
-    ),
-    "resnet50": EncoderSpec(
-        "resnet50", 224, 2048, _IMAGENET_MEAN, _IMAGENET_STD,
-        lambda: _resnet(50), "torchvision-resnet50-IMAGENET1K_V1",
-    ),
-    "resnet101": EncoderSpec(
-        "resnet101", 224, 2048, _IMAGENET_MEAN, _IMAGENET_STD,
-        lambda: _resnet(101), "torchvision-resnet101-IMAGENET1K_V1",
-    ),
-}
-
-
-def get_spec(name: str) -> EncoderSpec:
-    try:
-        return ENCODERS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown encoder {name!r}; choose one of: {', '.join(sorted(ENCODERS))}"
-        ) from None
-
-
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to `size` (aspect kept), then crop the centre square."""
-    image = image.convert("RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    image = image.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
-def augment(image: Image.Image, size: int) -> np.ndarray:
-    """Training-time view of an image for fine-tuning: random resized crop and flip."""
-    from torchvision import transforms
-
-    pipeline = transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-        transforms.RandomHorizontalFlip()])
-    return np.asarray(pipeline(image.convert("RGB")), dtype=np.uint8)
-
-
-def open_image(path: str | Path | BinaryIO, size: int) -> Image.Image:
-    """Decode an image file as RGB. JPEG decoding at reduced scale (draft) stays at least twice
-    the encoder's size, so big photos decode fast without changing what the encoder sees."""
-    with Image.open(path) as im:
-        im.draft("RGB", (size * 2, size * 2))
-        return im.convert("RGB")
+def build_network(spec: EncoderSpec) -> nn.Module:
+    """The CNN for a registry entry, with ImageNet weights, returning pooled features."""
+    if spec.family == "efficientnet_lite":
+        return _efficientnet_lite(spec.variant)
+    return _resnet(spec.variant)
 
 
 class _Normalised(nn.Module):
@@ -185,8 +114,6 @@ def _onnx_session(spec: EncoderSpec, graph: nn.Module, weights_id: str):
         import onnxruntime as ort
     except ImportError:
         return None
-    from .features import default_cache_dir
-
     path = default_cache_dir() / "onnx" / f"{spec.name}-{weights_id}-v1.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +148,7 @@ class Encoder(nn.Module):
                  state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.spec = get_spec(name)
-        net = self.spec.build().eval()
+        net = build_network(self.spec).eval()
         self.weights_id = self.spec.weights_id
         if state is not None:  # a fine-tuned encoder saved in a model bundle
             net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
@@ -258,7 +185,7 @@ class Encoder(nn.Module):
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image as a uint8 HWC array at the encoder's size (cheap to send between workers)."""
-        return np.asarray(resize_center_crop(image, self.spec.image_size), dtype=np.uint8)
+        return to_pixels(image, self.spec.image_size)
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

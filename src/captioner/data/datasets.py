@@ -24,13 +24,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import DatasetError
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("coco", "karpathy", "flickr8k", "captions")
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or malformed; the message names the file, line and fix."""
 
 
 @dataclass(frozen=True)

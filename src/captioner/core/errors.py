@@ -1,0 +1,53 @@
+"""The project's error hierarchy. Every error a user can cause or fix is a `CaptionerError`
+whose message says what is wrong and how to fix it; the CLI prints it on one line and the
+server turns it into a JSON `{"detail": ...}` answer."""
+
+from __future__ import annotations
+
+
+class CaptionerError(Exception):
+    """A known, user-fixable problem; the message names the fix."""
+
+
+class ConfigError(CaptionerError, ValueError):
+    """A config file or value is invalid; the message names the field and the fix."""
+
+
+class DatasetError(CaptionerError, ValueError):
+    """A dataset file is missing or malformed; the message names the file (and line)."""
+
+
+class DownloadError(CaptionerError, RuntimeError):
+    """A download failed or a file did not verify."""
+
+
+class EncoderUnavailable(CaptionerError, RuntimeError):
+    """The encoder's weights cannot be loaded here; the message says how to fix it."""
+
+
+class ImageError(CaptionerError, OSError):
+    """An image file cannot be read or decoded."""
+
+
+class BundleError(CaptionerError, ValueError):
+    """A model folder is missing, incomplete or inconsistent; the message says what and why."""
+
+
+class CheckpointError(CaptionerError, ValueError):
+    """A training checkpoint is unreadable or belongs to another run."""
+
+
+class TrainingError(CaptionerError, RuntimeError):
+    """Training cannot start or continue as asked."""
+
+
+class ScoringError(CaptionerError, RuntimeError):
+    """Captions cannot be scored here (e.g. Java is missing)."""
+
+
+class ModelNotFound(CaptionerError, LookupError):
+    """No model with that id in the model store."""
+
+
+class ModelProtected(CaptionerError, PermissionError):
+    """The model cannot be changed or deleted (bundled, or given on the command line)."""

@@ -1,0 +1,48 @@
+"""The one interface every caption decoder offers, so the trainer, beam search, bundles and the
+API never ask which decoder they hold.
+
+A decoder maps image features to word log-probabilities one step at a time. Its recurrent
+state is opaque to the search: the decoder itself repeats it per beam and selects rows of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+State = Any  # whatever a decoder carries between steps (e.g. an LSTM's (h, c))
+
+
+class DecoderConfig(BaseModel):
+    """Architecture of a decoder, saved in the bundle's config.json ``model`` block."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "show_and_tell"
+    feature_dim: int = Field(gt=0)
+    vocab_size: int = Field(gt=4)
+    embed_size: int = Field(512, gt=0)
+    hidden_size: int = Field(512, gt=0)
+    num_layers: int = Field(1, ge=1, le=4)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class Decoder(Protocol):
+    cfg: DecoderConfig
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens (B, T) from <start> -> logits (B, T, V)."""
+
+    def init_state(self, features: torch.Tensor) -> State:
+        """The state after seeing the image, ready for <start>."""
+
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (N,) -> log-probabilities (N, V) and the next state."""
+
+    def repeat_state(self, state: State, k: int) -> State:
+        """Each image's state repeated k times (row i -> rows i*k .. i*k+k-1)."""
+
+    def select_state(self, state: State, rows: torch.Tensor) -> State:
+        """The state of the given rows, in that order (beams kept by the search)."""

@@ -1,0 +1,2 @@
+"""Stage 5: caption metrics (pycocoevalcap) and the evaluation pipeline used by the CLI,
+training and bench scripts."""

@@ -1,0 +1,1 @@
+"""Stage 6: the trainer, its feature sources and its batching/learning-rate schedule."""
