@@ -36,14 +36,19 @@ def main() -> None:
     startups = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "captioner", "caption", str(images[0])],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "captioner", "caption", str(images[0])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         first = proc.stdout.readline()
         startups.append(time.perf_counter() - t0)
         proc.wait()
         assert first.strip(), "no caption printed"
-    print(f"start-up to first caption: median {statistics.median(startups):.2f} s "
-          f"(runs: {', '.join(f'{s:.2f}' for s in startups)})")
+    print(
+        f"start-up to first caption: median {statistics.median(startups):.2f} s "
+        f"(runs: {', '.join(f'{s:.2f}' for s in startups)})"
+    )
 
     from captioner import Captioner
 
@@ -56,8 +61,10 @@ def main() -> None:
         t0 = time.perf_counter()
         captions = cap.caption(images, beam_size=args.beam_size)
         per_image.append((time.perf_counter() - t0) / len(images) * 1000)
-    print(f"{len(images)} images, beam {args.beam_size}: median {statistics.median(per_image):.1f}"
-          f" ms/image (runs: {', '.join(f'{x:.1f}' for x in per_image)})")
+    print(
+        f"{len(images)} images, beam {args.beam_size}: median {statistics.median(per_image):.1f}"
+        f" ms/image (runs: {', '.join(f'{x:.1f}' for x in per_image)})"
+    )
     for path, caption in list(zip(images, captions, strict=True))[:5]:
         print(f"  {path.name}: {caption}")
 

@@ -44,8 +44,19 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     state = tempfile.mkdtemp()
-    server = subprocess.Popen([sys.executable, "-m", "captioner", "serve", "--port", str(port),
-                               "--disable-training", "--state-dir", state])
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "captioner",
+            "serve",
+            "--port",
+            str(port),
+            "--disable-training",
+            "--state-dir",
+            state,
+        ]
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -64,8 +75,10 @@ def main() -> None:
             r = httpx.post(base + "/api/captions", files=batch, timeout=60)
             times.append(time.perf_counter() - t0)
             assert r.status_code == 200 and all(x["caption"] for x in r.json()), r.text
-        print(f"20-image upload: median {statistics.median(times):.2f} s "
-              f"(runs: {', '.join(f'{t:.2f}' for t in times)})")
+        print(
+            f"20-image upload: median {statistics.median(times):.2f} s "
+            f"(runs: {', '.join(f'{t:.2f}' for t in times)})"
+        )
 
         latencies: list[float] = []
         errors: list[str] = []
@@ -77,8 +90,9 @@ def main() -> None:
                 while time.perf_counter() < stop:
                     t0 = time.perf_counter()
                     try:
-                        r = c.post(base + "/api/captions",
-                                   files=[("files", photos[k % len(photos)])])
+                        r = c.post(
+                            base + "/api/captions", files=[("files", photos[k % len(photos)])]
+                        )
                         if r.status_code != 200 or not r.json()[0]["caption"]:
                             errors.append(f"{r.status_code} {r.text[:100]}")
                     except httpx.HTTPError as exc:
@@ -94,9 +108,11 @@ def main() -> None:
             t.join()
         wall = time.perf_counter() - t0
         lat = sorted(latencies)
-        print(f"{args.clients} clients for {wall:.0f} s: {len(lat)} requests, {len(errors)} errors,"
-              f" {len(lat) / wall:.1f} images/s, p50 {lat[len(lat) // 2]:.2f} s, "
-              f"p95 {lat[int(len(lat) * 0.95)]:.2f} s")
+        print(
+            f"{args.clients} clients for {wall:.0f} s: {len(lat)} requests, {len(errors)} errors,"
+            f" {len(lat) / wall:.1f} images/s, p50 {lat[len(lat) // 2]:.2f} s, "
+            f"p95 {lat[int(len(lat) * 0.95)]:.2f} s"
+        )
         for e in errors[:5]:
             print("  error:", e)
         print(f"server RSS after the load: {rss_mb(server.pid):.0f} MB")

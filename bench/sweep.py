@@ -48,11 +48,14 @@ def export(args: argparse.Namespace) -> None:
 def load(folder: Path, threshold: int, max_len: int) -> Data:
     caps = {s: json.loads((folder / f"{s}.json").read_text()) for s in ("train", "dev")}
     vocab = Vocabulary.build((c for cs in caps["train"] for c in cs), threshold)
-    train_caps = [(i, vocab.encode(c)[: max_len + 2]) for i, cs in enumerate(caps["train"])
-                  for c in cs]
+    train_caps = [
+        (i, vocab.encode(c)[: max_len + 2]) for i, cs in enumerate(caps["train"]) for c in cs
+    ]
     dev = [Record(Path(f"dev{i}"), tuple(cs)) for i, cs in enumerate(caps["dev"])]
-    f = {s: torch.from_numpy(np.load(folder / f"{s}_feats.npy").astype(np.float32))
-         for s in ("train", "dev")}
+    f = {
+        s: torch.from_numpy(np.load(folder / f"{s}_feats.npy").astype(np.float32))
+        for s in ("train", "dev")
+    }
     return Data(vocab, f["train"], train_caps, f["dev"], dev)
 
 
@@ -64,14 +67,22 @@ def run_one(job: tuple[int, dict, str, str]) -> dict:
     t0 = time.time()
     path = train(cfg, Path(out_dir) / f"run{i}", data=data)
     b = load_bundle(path, cfg.device if cfg.device != "auto" else "cpu")
-    result = {"id": i, "cfg": overrides, "seconds": round(time.time() - t0),
-              "best_epoch": b.metrics["best_epoch"]}
+    result = {
+        "id": i,
+        "cfg": overrides,
+        "seconds": round(time.time() - t0),
+        "best_epoch": b.metrics["best_epoch"],
+    }
     for lp in (0.0, 0.5, 1.0, 1.5):
         decode = cfg.decoding.resolve(beam_size=3, length_penalty=lp)
         caps = caption_features(b.model, data.vocab, data.dev_feats, decode)
         s = score_records(data.dev_records, caps, ("bleu", "cider"))
-        result[f"lp{lp}"] = {"B1": round(s["BLEU-1"], 3), "B4": round(s["BLEU-4"], 3),
-                             "C": round(s["CIDEr"], 3), "len": round(s["mean_length"], 2)}
+        result[f"lp{lp}"] = {
+            "B1": round(s["BLEU-1"], 3),
+            "B4": round(s["BLEU-4"], 3),
+            "C": round(s["CIDEr"], 3),
+            "len": round(s["mean_length"], 2),
+        }
     print(json.dumps(result), flush=True)
     return result
 

@@ -14,10 +14,14 @@ SHARED = Path(os.environ.get("CAPTIONER_SHARED", ROOT.parent / "shared")) / "dat
 FLICKR = SHARED / "flickr8k"
 COCO = SHARED / "coco-mini"
 
-needs_flickr = pytest.mark.skipif(not (FLICKR / "Flickr8k.token.txt").is_file(),
-                                  reason=f"Flickr8k not found at {FLICKR} (../shared is absent)")
-needs_coco = pytest.mark.skipif(not (COCO / "annotations").is_dir(),
-                                reason=f"COCO slice not found at {COCO} (../shared is absent)")
+needs_flickr = pytest.mark.skipif(
+    not (FLICKR / "Flickr8k.token.txt").is_file(),
+    reason=f"Flickr8k not found at {FLICKR} (../shared is absent)",
+)
+needs_coco = pytest.mark.skipif(
+    not (COCO / "annotations").is_dir(),
+    reason=f"COCO slice not found at {COCO} (../shared is absent)",
+)
 
 # Real photographs bundled with scikit-image, with captions written by hand for them.
 PHOTOS = {

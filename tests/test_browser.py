@@ -15,8 +15,9 @@ from conftest import needs_flickr
 from test_server import flickr_subset
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason="Chromium not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Chromium not installed (apt-get install chromium)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,15 @@ def page(live):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
         context = browser.new_context(accept_downloads=True)
         yield context.new_page()
         browser.close()
@@ -61,7 +68,8 @@ def test_upload_two_photos_see_captions_and_download_csv(live, page, photo_dir, 
     page.wait_for_selector("#model option", state="attached")
     page.set_input_files("#files", [str(photo_dir / "coffee.jpg"), str(photo_dir / "rocket.jpg")])
     page.wait_for_function(
-        "document.querySelectorAll('.caption:not(.pending)').length === 2", timeout=60_000)
+        "document.querySelectorAll('.caption:not(.pending)').length === 2", timeout=60_000
+    )
     captions = page.locator(".caption").all_inner_texts()
     assert len(captions) == 2 and all(len(c.split()) >= 3 for c in captions), captions
     alts = [page.locator(".card img").nth(i).get_attribute("alt") for i in range(2)]
@@ -72,8 +80,7 @@ def test_upload_two_photos_see_captions_and_download_csv(live, page, photo_dir, 
     saved = tmp_path / "captions.csv"
     download.value.save_as(saved)
     rows = list(csv.reader(saved.open()))
-    assert rows == [["image", "caption"], ["coffee.jpg", captions[0]],
-                    ["rocket.jpg", captions[1]]]
+    assert rows == [["image", "caption"], ["coffee.jpg", captions[0]], ["rocket.jpg", captions[1]]]
 
 
 def test_keyboard_reaches_the_upload_zone(live, page):
@@ -93,13 +100,19 @@ def test_train_a_tiny_model_from_the_page(live, page):
     subset = flickr_subset(data / "flickr")
     page.goto(base + "/train")
     page.fill("input[name=dataset_path]", str(subset))
-    for name, value in {"epochs": "2", "embed_size": "16", "hidden_size": "32",
-                        "batch_size": "16", "vocab_threshold": "2"}.items():
+    for name, value in {
+        "epochs": "2",
+        "embed_size": "16",
+        "hidden_size": "32",
+        "batch_size": "16",
+        "vocab_threshold": "2",
+    }.items():
         page.fill(f"input[name={name}]", value)
     page.click("button[type=submit]")
     page.wait_for_selector("#job:not([hidden])")
-    page.wait_for_function("document.getElementById('job-state').textContent === 'done'",
-                           timeout=240_000)
+    page.wait_for_function(
+        "document.getElementById('job-state').textContent === 'done'", timeout=240_000
+    )
     assert page.locator("#epochs tr").count() == 2
     assert page.locator("#bar").evaluate("b => b.style.width") == "100%"
     job_id = page.url.split("job=")[1]

@@ -19,8 +19,14 @@ CLEAN = re.compile(r"^[a-z0-9']+( [a-z0-9']+){2,19}$")  # 3-20 plain words, noth
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "captioner", *args], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "captioner", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ},
+        timeout=600,
+    )
 
 
 def test_help_explains_every_command():
@@ -40,8 +46,9 @@ def test_caption_folder_with_bundled_model(photo_dir):
     assert [Path(p).stem for p, _ in lines] == sorted(PHOTOS)
     assert all(CLEAN.match(c) for _, c in lines), lines
     # Deterministic: the same photos give the same captions, in any batch.
-    again = run("caption", "--beam-size", "3", "--batch-size", "1",
-                *[p for p, _ in reversed(lines)])
+    again = run(
+        "caption", "--beam-size", "3", "--batch-size", "1", *[p for p, _ in reversed(lines)]
+    )
     assert sorted(again.stdout.splitlines()) == sorted(res.stdout.splitlines())
 
 
@@ -49,8 +56,15 @@ def test_caption_reports_bad_files_and_keeps_the_rest(photo_dir, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("this is not a photo")
     out_csv = tmp_path / "out.csv"
-    res = run("caption", str(photo_dir / "coffee.jpg"), str(bad), str(tmp_path / "missing.png"),
-              str(photo_dir / "chelsea.jpg"), "--csv", str(out_csv))
+    res = run(
+        "caption",
+        str(photo_dir / "coffee.jpg"),
+        str(bad),
+        str(tmp_path / "missing.png"),
+        str(photo_dir / "chelsea.jpg"),
+        "--csv",
+        str(out_csv),
+    )
     assert res.returncode == 1
     assert "notes.jpg: cannot read image" in res.stderr
     assert "missing.png: no such file" in res.stderr
@@ -62,30 +76,58 @@ def test_caption_reports_bad_files_and_keeps_the_rest(photo_dir, tmp_path):
 
 def test_train_then_evaluate_from_the_command_line(captions_csv, tmp_path):
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(f'dataset_format = "captions"\ndataset_path = "{captions_csv}"\n'
-                   "vocab_threshold = 1\nembed_size = 32\nhidden_size = 32\nbatch_size = 4\n")
-    res = run("train", "--config", str(cfg), "--epochs", "2", "--out", str(tmp_path / "run"),
-              "--quiet")
+    cfg.write_text(
+        f'dataset_format = "captions"\ndataset_path = "{captions_csv}"\n'
+        "vocab_threshold = 1\nembed_size = 32\nhidden_size = 32\nbatch_size = 4\n"
+    )
+    res = run(
+        "train", "--config", str(cfg), "--epochs", "2", "--out", str(tmp_path / "run"), "--quiet"
+    )
     assert res.returncode == 0, res.stderr
     assert "model saved to" in res.stdout
     model = tmp_path / "run" / "model"
     report = tmp_path / "report.json"
-    res = run("evaluate", "--model", str(model), "--format", "captions", "--data",
-              str(captions_csv), "--split", "dev", "--report", str(report))
+    res = run(
+        "evaluate",
+        "--model",
+        str(model),
+        "--format",
+        "captions",
+        "--data",
+        str(captions_csv),
+        "--split",
+        "dev",
+        "--report",
+        str(report),
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(report.read_text())
-    assert set(data["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L",
-                                    "CIDEr"}
+    assert set(data["metrics"]) == {
+        "BLEU-1",
+        "BLEU-2",
+        "BLEU-3",
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L",
+        "CIDEr",
+    }
     assert len(data["captions"]) == len(PHOTOS) and "CIDEr" in res.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--out", "x", "--dataset-path", "nowhere", "--dataset-format", "flickr8k"],
-     "nowhere/Flickr8k.token.txt not found"),
-    (["train", "--out", "x", "--dataset-path", "d", "--learning-rate", "-1"],
-     "learning_rate: Input should be greater than 0"),
-    (["caption", "--model", "no-such-model", "x.jpg"], "model folder no-such-model not found"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["train", "--out", "x", "--dataset-path", "nowhere", "--dataset-format", "flickr8k"],
+            "nowhere/Flickr8k.token.txt not found",
+        ),
+        (
+            ["train", "--out", "x", "--dataset-path", "d", "--learning-rate", "-1"],
+            "learning_rate: Input should be greater than 0",
+        ),
+        (["caption", "--model", "no-such-model", "x.jpg"], "model folder no-such-model not found"),
+    ],
+)
 def test_bad_input_gives_a_clear_error(args, message, tmp_path):
     res = run(*args, cwd=tmp_path)
     assert res.returncode == 2 and message in res.stderr, res.stderr

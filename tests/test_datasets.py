@@ -47,12 +47,17 @@ def _flickr(tmp_path: Path, tokens: str, images=("a.jpg", "b.jpg")) -> Path:
 
 
 def test_flickr8k_skips_malformed_keys(tmp_path, caplog):
-    root = _flickr(tmp_path, "a.jpg#0\tA dog.\na.jpg.1#0\tghost image\nbad line\n"
-                             "b.jpg#0\tA cat.\nb.jpg#1\tA small cat.\n")
+    root = _flickr(
+        tmp_path,
+        "a.jpg#0\tA dog.\na.jpg.1#0\tghost image\nbad line\n"
+        "b.jpg#0\tA cat.\nb.jpg#1\tA small cat.\n",
+    )
     with caplog.at_level(logging.INFO):
         recs = read_flickr8k(root, "train")
     assert [(r.image.name, r.captions) for r in recs] == [
-        ("a.jpg", ("A dog.",)), ("b.jpg", ("A cat.", "A small cat."))]
+        ("a.jpg", ("A dog.",)),
+        ("b.jpg", ("A cat.", "A small cat.")),
+    ]
     assert "skipped 2 lines" in caplog.text
 
 
@@ -70,20 +75,27 @@ def test_captions_csv_and_jsonl(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "c.csv").write_text("image,caption\nx.jpg,one\nx.jpg,two\ny.jpg,three\n")
     recs = read_captions_file(tmp_path / "c.csv")
-    assert [(r.image.name, r.captions) for r in recs] == [("x.jpg", ("one", "two")),
-                                                          ("y.jpg", ("three",))]
-    (tmp_path / "c.jsonl").write_text('{"image": "x.jpg", "caption": "one", "split": "dev"}\n'
-                                      '{"image": "y.jpg", "caption": "two", "split": "train"}\n')
+    assert [(r.image.name, r.captions) for r in recs] == [
+        ("x.jpg", ("one", "two")),
+        ("y.jpg", ("three",)),
+    ]
+    (tmp_path / "c.jsonl").write_text(
+        '{"image": "x.jpg", "caption": "one", "split": "dev"}\n'
+        '{"image": "y.jpg", "caption": "two", "split": "train"}\n'
+    )
     assert [r.image.name for r in read_captions_file(tmp_path / "c.jsonl", "dev")] == ["x.jpg"]
 
 
-@pytest.mark.parametrize("name,text,message", [
-    ("c.csv", "img,text\nx.jpg,a\n", r"c\.csv:1: header must include 'image' and 'caption'"),
-    ("c.csv", "image,caption\nx.jpg,\n", r"c\.csv:2: missing or empty 'caption'"),
-    ("c.jsonl", '{"image": "x.jpg", "caption": "a"}\n{oops\n', r"c\.jsonl:2: not valid JSON"),
-    ("c.jsonl", '["x.jpg", "a"]\n', r"c\.jsonl:1: expected an object"),
-    ("c.txt", "x.jpg a\n", r"unsupported captions file type '\.txt'"),
-])
+@pytest.mark.parametrize(
+    "name,text,message",
+    [
+        ("c.csv", "img,text\nx.jpg,a\n", r"c\.csv:1: header must include 'image' and 'caption'"),
+        ("c.csv", "image,caption\nx.jpg,\n", r"c\.csv:2: missing or empty 'caption'"),
+        ("c.jsonl", '{"image": "x.jpg", "caption": "a"}\n{oops\n', r"c\.jsonl:2: not valid JSON"),
+        ("c.jsonl", '["x.jpg", "a"]\n', r"c\.jsonl:1: expected an object"),
+        ("c.txt", "x.jpg a\n", r"unsupported captions file type '\.txt'"),
+    ],
+)
 def test_bad_captions_files_name_file_and_line(tmp_path, name, text, message):
     (tmp_path / "x.jpg").write_bytes(b"x")
     (tmp_path / name).write_text(text)
@@ -123,10 +135,16 @@ def test_karpathy_split_file_with_coco2017_images(tmp_path):
     for split in ("train", "val"):
         (tmp_path / "images" / f"{split}2017").symlink_to(COCO / f"{split}2017")
     ids = [int(p.stem) for p in sorted((COCO / "val2017").glob("*.jpg"))[:6]]
-    images = [{"filepath": "val2014", "filename": f"COCO_val2014_{i:012d}.jpg", "cocoid": i,
-               "split": split, "sentences": [{"raw": f"caption {i} {k}"} for k in range(5)]}
-              for i, split in zip(ids, ["train", "restval", "val", "val", "test", "train"],
-                                  strict=True)]
+    images = [
+        {
+            "filepath": "val2014",
+            "filename": f"COCO_val2014_{i:012d}.jpg",
+            "cocoid": i,
+            "split": split,
+            "sentences": [{"raw": f"caption {i} {k}"} for k in range(5)],
+        }
+        for i, split in zip(ids, ["train", "restval", "val", "val", "test", "train"], strict=True)
+    ]
     (tmp_path / "dataset_coco.json").write_text(json.dumps({"images": images}))
     train = load_dataset("karpathy", tmp_path, "train")
     assert len(train) == 3 and all(r.image.is_file() and len(r.captions) == 5 for r in train)

@@ -77,14 +77,23 @@ class Server:
 def coco_mirror(tmp_path):
     """Small synthetic archives with the official names and layout, and their checksums."""
     server = Server()
-    ann = make_zip({"annotations/captions_val2017.json": json.dumps({
-        "images": [{"id": 1, "file_name": "000000000001.jpg"}],
-        "annotations": [{"image_id": 1, "id": 9, "caption": "A cat on a mat."}]}).encode(),
-        "annotations/captions_train2017.json": b'{"images": [], "annotations": []}'})
+    ann = make_zip(
+        {
+            "annotations/captions_val2017.json": json.dumps(
+                {
+                    "images": [{"id": 1, "file_name": "000000000001.jpg"}],
+                    "annotations": [{"image_id": 1, "id": 9, "caption": "A cat on a mat."}],
+                }
+            ).encode(),
+            "annotations/captions_train2017.json": b'{"images": [], "annotations": []}',
+        }
+    )
     val = make_zip({"val2017/000000000001.jpg": b"\xff\xd8jpeg" * 5000})
     server.files = {"/annotations/annotations_trainval2017.zip": ann, "/zips/val2017.zip": val}
-    sums = {"annotations_trainval2017.zip": hashlib.md5(ann).hexdigest(),
-            "val2017.zip": hashlib.md5(val).hexdigest()}
+    sums = {
+        "annotations_trainval2017.zip": hashlib.md5(ann).hexdigest(),
+        "val2017.zip": hashlib.md5(val).hexdigest(),
+    }
     path = tmp_path / "sums.json"
     path.write_text(json.dumps(sums))
     yield server, path
@@ -94,8 +103,20 @@ def coco_mirror(tmp_path):
 def test_full_download_layout_and_second_run_is_a_noop(coco_mirror, tmp_path, capsys):
     server, sums = coco_mirror
     dest = tmp_path / "coco"
-    code = cli(["download", "coco", "--dest", str(dest), "--splits", "val",
-                "--base-url", server.url, "--checksums", str(sums)])
+    code = cli(
+        [
+            "download",
+            "coco",
+            "--dest",
+            str(dest),
+            "--splits",
+            "val",
+            "--base-url",
+            server.url,
+            "--checksums",
+            str(sums),
+        ]
+    )
     assert code == 0
     assert (dest / "annotations" / "captions_val2017.json").is_file()
     assert (dest / "images" / "val2017" / "000000000001.jpg").is_file()
@@ -116,8 +137,7 @@ def test_interrupted_download_resumes_with_range(coco_mirror, tmp_path):
         download_coco(tmp_path, ("val",), base_url=server.url, checksums=sums, progress=False)
     assert ("GET", None) in server.requests
     server.requests.clear()
-    assert download_coco(tmp_path, ("val",), base_url=server.url, checksums=sums,
-                         progress=False)
+    assert download_coco(tmp_path, ("val",), base_url=server.url, checksums=sums, progress=False)
     assert ("GET", "bytes=10000-") in server.requests  # continued, not restarted
     assert (tmp_path / "images" / "val2017" / "000000000001.jpg").is_file()
 
@@ -146,7 +166,7 @@ def test_symlink_entries_are_refused(tmp_path):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         info = zipfile.ZipInfo("link")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         z.writestr(info, "/etc/passwd")
     (tmp_path / "l.zip").write_bytes(buf.getvalue())
     with pytest.raises(DownloadError, match="symbolic link"):
@@ -155,8 +175,7 @@ def test_symlink_entries_are_refused(tmp_path):
 
 def test_not_enough_disk_is_an_error_before_downloading(coco_mirror, tmp_path, monkeypatch):
     server, sums = coco_mirror
-    monkeypatch.setattr(download.shutil, "disk_usage",
-                        lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(DownloadError, match="not enough disk space.*needs about"):
         download_coco(tmp_path, ("val",), base_url=server.url, checksums=sums, progress=False)
     assert all(method == "HEAD" for method, _ in server.requests)
@@ -165,4 +184,3 @@ def test_not_enough_disk_is_an_error_before_downloading(coco_mirror, tmp_path, m
 def test_unreachable_host_says_what_to_do(tmp_path):
     with pytest.raises(DownloadError, match="cannot reach.*--base-url"):
         download_coco(tmp_path, ("val",), base_url="http://127.0.0.1:9", progress=False)
-

@@ -45,8 +45,9 @@ def test_pretrained_weights_recognise_a_real_photo(photo_dir):
 def test_onnx_and_pytorch_give_the_same_features(photo_dir):
     enc = lite0()
     assert enc.session is not None, "onnxruntime should be used on CPU"
-    batch = torch.from_numpy(np.stack([enc.preprocess(Image.open(p))
-                                       for p in sorted(photo_dir.glob("*.jpg"))]))
+    batch = torch.from_numpy(
+        np.stack([enc.preprocess(Image.open(p)) for p in sorted(photo_dir.glob("*.jpg"))])
+    )
     fast = enc(batch)
     session, enc.session = enc.session, None
     try:
@@ -106,8 +107,11 @@ def test_resnet_weights_download_failure_is_explained(http_server, tmp_path, mon
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     monkeypatch.setitem(encoders.RESNET_URLS, 50, f"{url}/resnet50-0676ba61.pth")
-    with pytest.raises(EncoderUnavailable, match=r"HTTP Error 404.*place it at .*torch.*"
-                                                 r"resnet50-0676ba61\.pth"):
+    with pytest.raises(
+        EncoderUnavailable,
+        match=r"HTTP Error 404.*place it at .*torch.*"
+        r"resnet50-0676ba61\.pth",
+    ):
         Encoder("resnet50")
     # A corrupted download fails the hash check instead of loading garbage.
     (root / "resnet50-0676ba61.pth").write_bytes(b"corrupt")

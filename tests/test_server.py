@@ -16,8 +16,10 @@ from fastapi.testclient import TestClient
 from captioner.serving.server import ServerSettings, create_app
 
 # A script, style or link that would load something from another host.
-EXTERNAL = re.compile(r"""(from\s+["']https?:|import\(["']https?:|url\(\s*["']?https?:"""
-                      r"""|src=["']https?:|href=["']https?:|fetch\(["']https?:)""")
+EXTERNAL = re.compile(
+    r"""(from\s+["']https?:|import\(["']https?:|url\(\s*["']?https?:"""
+    r"""|src=["']https?:|href=["']https?:|fetch\(["']https?:)"""
+)
 
 
 def flickr_subset(root: Path, n_train: int = 12, n_dev: int = 4) -> Path:
@@ -28,8 +30,11 @@ def flickr_subset(root: Path, n_train: int = 12, n_dev: int = 4) -> Path:
     for name in names + dev:
         (root / "images" / name).symlink_to(FLICKR / "images" / name)
     wanted = set(names + dev)
-    lines = [ln for ln in (FLICKR / "Flickr8k.token.txt").read_text().splitlines()
-             if ln.split("#")[0] in wanted]
+    lines = [
+        ln
+        for ln in (FLICKR / "Flickr8k.token.txt").read_text().splitlines()
+        if ln.split("#")[0] in wanted
+    ]
     (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
     (root / "Flickr_8k.trainImages.txt").write_text("\n".join(names) + "\n")
     (root / "Flickr_8k.devImages.txt").write_text("\n".join(dev) + "\n")
@@ -68,28 +73,36 @@ def test_health_docs_and_pages(client):
 
 def test_caption_uploads_json_and_csv(client, photo_dir):
     files = upload(photo_dir, "coffee.jpg", "chelsea.jpg") + [
-        ("files", ("notes.txt", b"not a photo", "text/plain"))]
+        ("files", ("notes.txt", b"not a photo", "text/plain"))
+    ]
     res = client.post("/api/captions", files=files, data={"beam_size": "3"})
     assert res.status_code == 200
     body = res.json()
     assert [r["image"] for r in body] == ["coffee.jpg", "chelsea.jpg", "notes.txt"]
     assert all(len(r["caption"].split()) >= 3 for r in body[:2])
     assert body[2]["caption"] is None and "not an image" in body[2]["error"]
-    res = client.post("/api/captions", files=upload(photo_dir, "rocket.jpg", "coffee.jpg"),
-                      headers={"Accept": "text/csv"})
+    res = client.post(
+        "/api/captions",
+        files=upload(photo_dir, "rocket.jpg", "coffee.jpg"),
+        headers={"Accept": "text/csv"},
+    )
     assert res.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(res.text)))
-    assert rows[0] == ["image", "caption"] and [r[0] for r in rows[1:]] == ["rocket.jpg",
-                                                                           "coffee.jpg"]
+    assert rows[0] == ["image", "caption"] and [r[0] for r in rows[1:]] == [
+        "rocket.jpg",
+        "coffee.jpg",
+    ]
     assert rows[2][1] == body[0]["caption"]  # same photo, same caption
 
 
 def test_caption_errors_are_actionable(client, photo_dir):
-    res = client.post("/api/captions", files=upload(photo_dir, "coffee.jpg"),
-                      data={"beam_size": "0"})
+    res = client.post(
+        "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"beam_size": "0"}
+    )
     assert res.status_code == 422 and "beam_size" in res.json()["detail"]
-    res = client.post("/api/captions", files=upload(photo_dir, "coffee.jpg"),
-                      data={"model": "nope"})
+    res = client.post(
+        "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"model": "nope"}
+    )
     assert res.status_code == 404 and "GET /api/models" in res.json()["detail"]
     assert client.post("/api/captions").status_code == 422
 
@@ -112,8 +125,7 @@ def test_models_listing_default_download_and_protection(client):
 def test_training_is_confined_to_data_roots(client, tmp_path):
     res = client.post("/api/jobs", json={"dataset_path": str(tmp_path / "elsewhere")})
     assert res.status_code == 403 and "outside the allowed data folders" in res.json()["detail"]
-    res = client.post("/api/jobs", json={"dataset_path": str(client.data_dir),
-                                         "learning_rate": -1})
+    res = client.post("/api/jobs", json={"dataset_path": str(client.data_dir), "learning_rate": -1})
     assert res.status_code == 422 and "learning_rate" in res.json()["detail"]
 
 
@@ -136,8 +148,14 @@ def wait_for(client, job_id: str, states: set[str], timeout: float = 300) -> dic
     raise AssertionError(f"job {job_id} stuck in {job['state']}: {job['log']}")
 
 
-TINY_JOB = {"dataset_format": "flickr8k", "embed_size": 16, "hidden_size": 32,
-            "batch_size": 16, "vocab_threshold": 2, "beam_size": 1}
+TINY_JOB = {
+    "dataset_format": "flickr8k",
+    "embed_size": 16,
+    "hidden_size": 32,
+    "batch_size": 16,
+    "vocab_threshold": 2,
+    "beam_size": 1,
+}
 
 
 @needs_flickr
@@ -170,8 +188,9 @@ def test_training_job_runs_streams_and_publishes_a_model(client):
 @pytest.mark.slow
 def test_stop_and_resume_a_job(client, tmp_path):
     data = flickr_subset(client.data_dir / "flickr")
-    job_id = client.post("/api/jobs", json={**TINY_JOB, "dataset_path": str(data),
-                                            "epochs": 60}).json()["id"]
+    job_id = client.post(
+        "/api/jobs", json={**TINY_JOB, "dataset_path": str(data), "epochs": 60}
+    ).json()["id"]
     end = time.time() + 300
     while not client.get(f"/api/jobs/{job_id}").json()["history"]:
         assert time.time() < end
@@ -198,4 +217,3 @@ def test_restart_marks_running_jobs_interrupted(tmp_path):
     with TestClient(create_app(ServerSettings(state_dir=tmp_path / "state"))) as c:
         job = c.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "interrupted" and "resume" in job["error"]
-

@@ -17,8 +17,17 @@ from captioner.core.progress import Event, StopTraining
 from captioner.storage.bundle import load_bundle
 from captioner.training.trainer import train
 
-TINY = dict(dataset_format="captions", vocab_threshold=1, embed_size=48, hidden_size=96,
-            dropout=0.0, label_smoothing=0.0, batch_size=4, beam_size=2, device="cpu")
+TINY = dict(
+    dataset_format="captions",
+    vocab_threshold=1,
+    embed_size=48,
+    hidden_size=96,
+    dropout=0.0,
+    label_smoothing=0.0,
+    batch_size=4,
+    beam_size=2,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +44,7 @@ def test_overfit_reproduces_training_captions(overfit_model, photo_dir):
 
 def test_bundle_contents_and_round_trip(overfit_model, photo_dir):
     files = sorted(p.name for p in overfit_model.iterdir())
-    assert files == ["README.md", "config.json", "metrics.json", "model.safetensors",
-                     "vocab.json"]
+    assert files == ["README.md", "config.json", "metrics.json", "model.safetensors", "vocab.json"]
     metrics = json.loads((overfit_model / "metrics.json").read_text())
     assert metrics["dev"]["CIDEr"] > 1.0 and metrics["best_epoch"] >= 1
     assert len(metrics["history"]) == 60
@@ -44,8 +52,9 @@ def test_bundle_contents_and_round_trip(overfit_model, photo_dir):
     assert "efficientnet_lite0" in card and "CIDEr" in card
     a = load_bundle(overfit_model)
     b = load_bundle(overfit_model)
-    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items(),
-                              strict=True):
+    for (k, v), (_, w) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(v, w), k
     # PIL images and paths give the same, deterministic captions.
     from PIL import Image
@@ -62,8 +71,9 @@ def test_broken_bundles_are_refused_with_reasons(overfit_model, tmp_path):
         return d
 
     d = copy()
-    (d / "vocab.json").write_text(json.dumps({"words": ["<pad>", "<start>", "<end>", "<unk>",
-                                                        "x"]}))
+    (d / "vocab.json").write_text(
+        json.dumps({"words": ["<pad>", "<start>", "<end>", "<unk>", "x"]})
+    )
     with pytest.raises(BundleError, match="different models"):
         load_bundle(d)
     d = copy()
@@ -93,6 +103,7 @@ def test_broken_bundles_are_refused_with_reasons(overfit_model, tmp_path):
 def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_path):
     cfg = TrainConfig(dataset_path=captions_csv, learning_rate=5e-3, epochs=4, **TINY)
     whole = train(cfg, tmp_path / "whole")
+
     # Stop after two epochs as a crash would, then run the same command again.
     def stop_after_two(event: Event) -> None:
         if event.phase == "epoch" and event.done == 2:
@@ -136,8 +147,9 @@ def test_config_from_file_flags_and_errors(tmp_path):
 @needs_coco
 @pytest.mark.slow
 def test_seed_coco_preset_trains_on_coco_mini(tmp_path):
-    cfg = make_config(preset="seed-coco", dataset_path=COCO, encoder="efficientnet_lite0",
-                      epochs=1, batch_size=64)
+    cfg = make_config(
+        preset="seed-coco", dataset_path=COCO, encoder="efficientnet_lite0", epochs=1, batch_size=64
+    )
     assert (cfg.embed_size, cfg.hidden_size, cfg.vocab_threshold) == (400, 356, 8)
     assert cfg.dataset_format == "coco" and cfg.learning_rate == 0.001
     with pytest.raises(ConfigError, match="unknown preset"):
@@ -150,8 +162,15 @@ def test_seed_coco_preset_trains_on_coco_mini(tmp_path):
 def test_finetuned_encoder_is_trained_saved_and_used(captions_csv, tmp_path, photo_dir):
     from captioner.vision.encoders import Encoder
 
-    cfg = TrainConfig(dataset_path=captions_csv, learning_rate=5e-3, epochs=2,
-                      finetune_encoder=True, encoder_lr=1e-3, workers=0, **TINY)
+    cfg = TrainConfig(
+        dataset_path=captions_csv,
+        learning_rate=5e-3,
+        epochs=2,
+        finetune_encoder=True,
+        encoder_lr=1e-3,
+        workers=0,
+        **TINY,
+    )
     cache = tmp_path / "cache"
     path = train(cfg.model_copy(update={"cache_dir": cache}), tmp_path / "ft")
     assert not list(cache.glob("*.npy")), "fine-tuning must not use cached features"
@@ -162,6 +181,7 @@ def test_finetuned_encoder_is_trained_saved_and_used(captions_csv, tmp_path, pho
     assert not any(k.startswith("net._conv_stem") for k in changed)  # the rest stayed frozen
     cap = Captioner.load(path)
     assert cap.encoder.weights_id != Encoder("efficientnet_lite0").weights_id
-    assert torch.equal(cap.encoder.graph.net.state_dict()["net._conv_head.weight"],
-                       tuned["net._conv_head.weight"])
+    assert torch.equal(
+        cap.encoder.graph.net.state_dict()["net._conv_head.weight"], tuned["net._conv_head.weight"]
+    )
     assert len(cap.caption([photo_dir / "coffee.jpg"])) == 1

@@ -12,15 +12,14 @@ from captioner.decoders.show_and_tell import ShowAndTell
 
 
 def test_tokenize_lowercases_and_drops_punctuation():
-    assert tokenize("A dog's ball, RED!  Two-tone.") == ["a", "dog's", "ball", "red", "two",
-                                                         "tone"]
+    assert tokenize("A dog's ball, RED!  Two-tone.") == ["a", "dog's", "ball", "red", "two", "tone"]
 
 
 def test_vocabulary_threshold_and_round_trip():
     caps = ["A dog runs.", "a dog sits", "A cat sits on a mat"]
     v = Vocabulary.build(caps, threshold=2)
     assert v.itos[: len(SPECIALS)] == list(SPECIALS)
-    assert set(v.itos[len(SPECIALS):]) == {"a", "dog", "sits"}
+    assert set(v.itos[len(SPECIALS) :]) == {"a", "dog", "sits"}
     ids = v.encode("A dog flies")
     assert ids[0] == v.start_id and ids[-1] == v.end_id and v.unk_id in ids
     assert v.decode(v.encode("a dog sits")) == "a dog sits"
@@ -44,8 +43,9 @@ def test_model_shapes():
 
 def _tiny_model(seed: int) -> ShowAndTell:
     torch.manual_seed(seed)
-    m = ShowAndTell(ModelConfig(feature_dim=8, vocab_size=7, embed_size=6, hidden_size=6,
-                                dropout=0.0)).eval()
+    m = ShowAndTell(
+        ModelConfig(feature_dim=8, vocab_size=7, embed_size=6, hidden_size=6, dropout=0.0)
+    ).eval()
     with torch.no_grad():  # sharpen the output so sequences differ clearly in probability
         m.out.weight.mul_(4)
     return m
@@ -82,7 +82,7 @@ def test_beam_search_matches_exhaustive_search(alpha):
         narrow = greedy(m, feats, max_len=max_len)
         with torch.no_grad():
             for i in range(3):
-                best = _exhaustive(m, feats[i:i + 1], max_len, alpha)
+                best = _exhaustive(m, feats[i : i + 1], max_len, alpha)
                 assert wide[i] == best
                 checked_greedy_differs |= narrow[i] != best
     assert checked_greedy_differs, "test would not catch a beam search that is only greedy"
@@ -93,6 +93,6 @@ def test_decoding_is_deterministic_and_batch_independent():
     feats = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
     a = beam_search(m, feats, beam_size=3, max_len=6)
     b = beam_search(m, feats, beam_size=3, max_len=6)
-    one_by_one = [beam_search(m, feats[i:i + 1], beam_size=3, max_len=6)[0] for i in range(5)]
+    one_by_one = [beam_search(m, feats[i : i + 1], beam_size=3, max_len=6)[0] for i in range(5)]
     assert a == b == one_by_one
     assert all(len(s) <= 6 and Vocabulary.end_id not in s for s in a)

@@ -32,8 +32,9 @@ class Captioner:
         try:
             self.encoder = Encoder(self.bundle.encoder, device, state=self.bundle.encoder_state)
         except RuntimeError as exc:  # a fine-tuned encoder whose tensors do not fit
-            raise BundleError(f"{path}: encoder weights do not match "
-                              f"{self.bundle.encoder}: {exc}") from None
+            raise BundleError(
+                f"{path}: encoder weights do not match {self.bundle.encoder}: {exc}"
+            ) from None
         self.device = torch.device(device)
         self.path = Path(path)
 
@@ -57,21 +58,29 @@ class Captioner:
             return image
         return open_image(image, self.encoder.spec.image_size)
 
-    def caption(self, images: Sequence[ImageLike] | ImageLike, beam_size: int | None = None,
-                max_len: int | None = None, length_penalty: float | None = None,
-                batch_size: int = 16, decode: DecodeConfig | None = None) -> list[str]:
+    def caption(
+        self,
+        images: Sequence[ImageLike] | ImageLike,
+        beam_size: int | None = None,
+        max_len: int | None = None,
+        length_penalty: float | None = None,
+        batch_size: int = 16,
+        decode: DecodeConfig | None = None,
+    ) -> list[str]:
         """One caption per image, in order. Decoding: `decode`, else the model's own settings
         with any of beam_size/max_len/length_penalty replaced. Raises ImageError (an OSError)
         for unreadable files."""
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
         decode = (decode or self.decoding).resolve(
-            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
+        )
         out: list[str] = []
         for i in range(0, len(images), batch_size):
-            pixels = [self.encoder.preprocess(self.open(im)) for im in images[i:i + batch_size]]
+            pixels = [self.encoder.preprocess(self.open(im)) for im in images[i : i + batch_size]]
             feats = self.encoder(torch.from_numpy(np.stack(pixels)))
-            seqs = beam_search(self.bundle.model, feats, decode.beam_size, decode.max_len,
-                               decode.length_penalty)
+            seqs = beam_search(
+                self.bundle.model, feats, decode.beam_size, decode.max_len, decode.length_penalty
+            )
             out.extend(self.vocab.decode(s) for s in seqs)
         return out

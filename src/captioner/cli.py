@@ -28,8 +28,11 @@ def find_images(paths: list[str]) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*")
-                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(
+                sorted(
+                    f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
         elif p.is_file():
             found.append(p)
         else:
@@ -45,15 +48,17 @@ def cmd_caption(args: argparse.Namespace) -> int:
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
     if not images and not problems:
-        print("error: no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")",
-              file=sys.stderr)
+        print(
+            "error: no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")",
+            file=sys.stderr,
+        )
         return 1
     cap = Captioner.load(args.model)
     decode = cap.decoding.resolve(beam_size=args.beam_size, length_penalty=args.length_penalty)
     rows: list[tuple[str, str]] = []
     failed = len(problems)
     for i in range(0, len(images), args.batch_size):
-        chunk = images[i:i + args.batch_size]
+        chunk = images[i : i + args.batch_size]
         try:
             pairs = list(zip(chunk, cap.caption(chunk, decode=decode), strict=True))
         except ImageError:
@@ -86,12 +91,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in TrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         ann = field.annotation
-        default = "required" if field.default is PydanticUndefined else \
-            f"default: {field.default}"
+        default = "required" if field.default is PydanticUndefined else f"default: {field.default}"
         help_ = f"{field.description} ({default})"
         if ann is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_
+            )
             continue
         choices = typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else None
         kind = ann if ann in (int, float, str) else (Path if "Path" in str(ann) else str)
@@ -114,8 +119,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _records(args: argparse.Namespace, split: str) -> list:
     from .data.datasets import load_dataset
 
-    return load_dataset(args.dataset_format, args.dataset_path, split, images=args.images,
-                        skip_missing=args.skip_missing)
+    return load_dataset(
+        args.dataset_format,
+        args.dataset_path,
+        split,
+        images=args.images,
+        skip_missing=args.skip_missing,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -129,14 +139,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     records = _records(args, args.split)
     if args.limit:
         records = records[: args.limit]
-    report = evaluate_model(cap, records, decode, cache_dir=args.cache_dir,
-                            report=ConsoleReporter())
-    report["dataset"] = {"format": args.dataset_format, "path": str(args.dataset_path),
-                         "split": args.split, "images": len(records)}
+    report = evaluate_model(
+        cap, records, decode, cache_dir=args.cache_dir, report=ConsoleReporter()
+    )
+    report["dataset"] = {
+        "format": args.dataset_format,
+        "path": str(args.dataset_path),
+        "split": args.split,
+        "images": len(records),
+    }
     for k, v in report["metrics"].items():
         print(f"{k:8s} {v:.4f}")
-    print(f"mean caption length {report['mean_length']:.2f} words "
-          f"(references {report['reference_mean_length']:.2f})")
+    print(
+        f"mean caption length {report['mean_length']:.2f} words "
+        f"(references {report['reference_mean_length']:.2f})"
+    )
     if args.report:
         write_json(args.report, report)
         print(f"report written to {args.report}")
@@ -151,9 +168,13 @@ def cmd_features(args: argparse.Namespace) -> int:
     get_spec(args.encoder)  # an unknown name fails before any data is read
     for split in args.splits.split(","):
         records = _records(args, split)
-        feats = extract_features([r.image for r in records], args.encoder,
-                                 cache_dir=args.cache_dir, workers=args.workers,
-                                 report=ConsoleReporter())
+        feats = extract_features(
+            [r.image for r in records],
+            args.encoder,
+            cache_dir=args.cache_dir,
+            workers=args.workers,
+            report=ConsoleReporter(),
+        )
         print(f"{split}: {feats.shape[0]} images x {feats.shape[1]} features cached")
     return 0
 
@@ -166,8 +187,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .serving.server import ServerSettings, create_app
 
-    settings = ServerSettings(model=args.model, allow_training=not args.disable_training,
-                              data_roots=args.data_root or [], max_upload_mb=args.max_upload_mb)
+    settings = ServerSettings(
+        model=args.model,
+        allow_training=not args.disable_training,
+        data_roots=args.data_root or [],
+        max_upload_mb=args.max_upload_mb,
+    )
     if args.state_dir:
         settings.state_dir = args.state_dir
     app = create_app(settings)
@@ -183,10 +208,18 @@ def cmd_download(args: argparse.Namespace) -> int:
     from .data.download import download_coco
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    download_coco(args.dest, splits, with_images=args.with_images, base_url=args.base_url,
-                  checksums=args.checksums, keep_archives=args.keep_archives)
-    print(f"COCO-2017 is ready in {args.dest}: captioner train --dataset-format coco "
-          f"--dataset-path {args.dest} --dev-split val ...")
+    download_coco(
+        args.dest,
+        splits,
+        with_images=args.with_images,
+        base_url=args.base_url,
+        checksums=args.checksums,
+        keep_archives=args.keep_archives,
+    )
+    print(
+        f"COCO-2017 is ready in {args.dest}: captioner train --dataset-format coco "
+        f"--dataset-path {args.dest} --dev-split val ..."
+    )
     return 0
 
 
@@ -194,106 +227,192 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import DATASET_FORMATS, presets
 
-    p = argparse.ArgumentParser(prog="captioner", description="Describe photos in one sentence, "
-                                "and train and evaluate the models that do it.")
+    p = argparse.ArgumentParser(
+        prog="captioner",
+        description="Describe photos in one sentence, "
+        "and train and evaluate the models that do it.",
+    )
     p.add_argument("--version", action="version", version=f"captioner {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("caption", help="caption image files and folders",
-                       description="Print 'image<TAB>caption' for each image (folders are "
-                       "searched recursively). Exit status 1 if any file could not be read.")
+    c = sub.add_parser(
+        "caption",
+        help="caption image files and folders",
+        description="Print 'image<TAB>caption' for each image (folders are "
+        "searched recursively). Exit status 1 if any file could not be read.",
+    )
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    c.add_argument("--model", type=Path, default=None,
-                   help="model folder (default: the bundled model)")
-    c.add_argument("--beam-size", type=positive_int, default=None,
-                   help="beam size (default: the model's)")
-    c.add_argument("--length-penalty", type=float, default=None,
-                   help="beam length normalisation (default: the model's)")
+    c.add_argument(
+        "--model", type=Path, default=None, help="model folder (default: the bundled model)"
+    )
+    c.add_argument(
+        "--beam-size", type=positive_int, default=None, help="beam size (default: the model's)"
+    )
+    c.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help="beam length normalisation (default: the model's)",
+    )
     c.add_argument("--csv", type=Path, default=None, help="write image,caption rows to this CSV")
-    c.add_argument("--batch-size", type=positive_int, default=16,
-                   help="images per batch (default 16)")
+    c.add_argument(
+        "--batch-size", type=positive_int, default=16, help="images per batch (default 16)"
+    )
     c.set_defaults(func=cmd_caption)
 
-    t = sub.add_parser("train", help="train a model",
-                       description="Train a Show-and-Tell model. Settings come from defaults, "
-                       "then --preset, then --config (TOML/YAML), then flags. Re-running with "
-                       "the same --out resumes from the last checkpoint.")
+    t = sub.add_parser(
+        "train",
+        help="train a model",
+        description="Train a Show-and-Tell model. Settings come from defaults, "
+        "then --preset, then --config (TOML/YAML), then flags. Re-running with "
+        "the same --out resumes from the last checkpoint.",
+    )
     t.add_argument("--out", type=Path, required=True, help="run folder (model/ is written here)")
     t.add_argument("--config", type=Path, default=None, help="TOML or YAML settings file")
-    t.add_argument("--preset", default=None, choices=presets(),
-                   help="named recipe shipped with captioner: seed-coco (the original "
-                   "project's ResNet-50 COCO recipe)")
+    t.add_argument(
+        "--preset",
+        default=None,
+        choices=presets(),
+        help="named recipe shipped with captioner: seed-coco (the original "
+        "project's ResNet-50 COCO recipe)",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
     # The same names as `train`'s flags (--format/--data are kept as older spellings).
     data_flags = argparse.ArgumentParser(add_help=False)
-    data_flags.add_argument("--dataset-format", "--format", dest="dataset_format",
-                            choices=DATASET_FORMATS, default="flickr8k",
-                            help="dataset format (default flickr8k)")
-    data_flags.add_argument("--dataset-path", "--data", dest="dataset_path", type=Path,
-                            required=True, help="dataset folder, or captions CSV/JSONL")
-    data_flags.add_argument("--images", type=Path, default=None,
-                            help="image folder for a captions file")
-    data_flags.add_argument("--skip-missing", action="store_true",
-                            help="skip images that do not exist instead of failing")
-    data_flags.add_argument("--cache-dir", type=Path, default=None,
-                            help="feature cache folder (default ~/.cache/captioner)")
+    data_flags.add_argument(
+        "--dataset-format",
+        "--format",
+        dest="dataset_format",
+        choices=DATASET_FORMATS,
+        default="flickr8k",
+        help="dataset format (default flickr8k)",
+    )
+    data_flags.add_argument(
+        "--dataset-path",
+        "--data",
+        dest="dataset_path",
+        type=Path,
+        required=True,
+        help="dataset folder, or captions CSV/JSONL",
+    )
+    data_flags.add_argument(
+        "--images", type=Path, default=None, help="image folder for a captions file"
+    )
+    data_flags.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="skip images that do not exist instead of failing",
+    )
+    data_flags.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="feature cache folder (default ~/.cache/captioner)",
+    )
 
-    e = sub.add_parser("evaluate", parents=[data_flags], help="score a model on a dataset split",
-                       description="BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (pycocoevalcap; "
-                       "needs Java).")
+    e = sub.add_parser(
+        "evaluate",
+        parents=[data_flags],
+        help="score a model on a dataset split",
+        description="BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (pycocoevalcap; needs Java).",
+    )
     e.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
     e.add_argument("--split", default="dev", help="split to score (default dev)")
-    e.add_argument("--beam-size", type=positive_int, default=None,
-                   help="beam size (default: model's)")
-    e.add_argument("--length-penalty", type=float, default=None,
-                   help="beam length normalisation (default: model's)")
+    e.add_argument(
+        "--beam-size", type=positive_int, default=None, help="beam size (default: model's)"
+    )
+    e.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help="beam length normalisation (default: model's)",
+    )
     e.add_argument("--limit", type=int, default=None, help="score only the first N images")
     e.add_argument("--report", type=Path, default=None, help="write a JSON report here")
     e.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("serve", help="run the web app and HTTP API",
-                       description="Caption uploads in the browser (and, unless "
-                       "--disable-training, train and manage models). API docs at /docs.")
+    s = sub.add_parser(
+        "serve",
+        help="run the web app and HTTP API",
+        description="Caption uploads in the browser (and, unless "
+        "--disable-training, train and manage models). API docs at /docs.",
+    )
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
-    s.add_argument("--model", type=Path, default=None,
-                   help="model folder to use as the default (default: the bundled model)")
-    s.add_argument("--disable-training", action="store_true",
-                   help="caption-only public mode: no training routes or page")
-    s.add_argument("--data-root", type=Path, action="append",
-                   help="folder whose datasets the Train page may use (repeatable)")
-    s.add_argument("--state-dir", type=Path, default=None,
-                   help="models, jobs and runs (default ~/.local/share/captioner)")
+    s.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model folder to use as the default (default: the bundled model)",
+    )
+    s.add_argument(
+        "--disable-training",
+        action="store_true",
+        help="caption-only public mode: no training routes or page",
+    )
+    s.add_argument(
+        "--data-root",
+        type=Path,
+        action="append",
+        help="folder whose datasets the Train page may use (repeatable)",
+    )
+    s.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="models, jobs and runs (default ~/.local/share/captioner)",
+    )
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (20 MB)")
     s.add_argument("--open", action="store_true", help="open the browser")
     s.set_defaults(func=cmd_serve)
 
-    d = sub.add_parser("download", help="download a dataset (COCO-2017)",
-                       description="Fetch the official COCO-2017 archives into DEST/images/"
-                       "{train,val}2017 and DEST/annotations. Resumes, verifies MD5s, extracts "
-                       "safely; a second run does nothing.")
+    d = sub.add_parser(
+        "download",
+        help="download a dataset (COCO-2017)",
+        description="Fetch the official COCO-2017 archives into DEST/images/"
+        "{train,val}2017 and DEST/annotations. Resumes, verifies MD5s, extracts "
+        "safely; a second run does nothing.",
+    )
     d.add_argument("dataset", choices=["coco"], help="dataset to download")
-    d.add_argument("--dest", type=Path, default=Path("data/coco"), help="target folder "
-                   "(default data/coco)")
+    d.add_argument(
+        "--dest", type=Path, default=Path("data/coco"), help="target folder (default data/coco)"
+    )
     d.add_argument("--splits", default="train,val", help="image splits (default train,val)")
-    d.add_argument("--with-images", dest="with_images", action="store_true", default=True,
-                   help="download images and annotations (default)")
-    d.add_argument("--annotations-only", dest="with_images", action="store_false",
-                   help="only the caption annotations (~240 MB)")
-    d.add_argument("--base-url", default=None, help="mirror replacing "
-                   "http://images.cocodataset.org (same zips/ and annotations/ paths)")
-    d.add_argument("--checksums", type=Path, default=None,
-                   help="JSON file {archive name: MD5} replacing the built-in table")
+    d.add_argument(
+        "--with-images",
+        dest="with_images",
+        action="store_true",
+        default=True,
+        help="download images and annotations (default)",
+    )
+    d.add_argument(
+        "--annotations-only",
+        dest="with_images",
+        action="store_false",
+        help="only the caption annotations (~240 MB)",
+    )
+    d.add_argument(
+        "--base-url",
+        default=None,
+        help="mirror replacing http://images.cocodataset.org (same zips/ and annotations/ paths)",
+    )
+    d.add_argument(
+        "--checksums",
+        type=Path,
+        default=None,
+        help="JSON file {archive name: MD5} replacing the built-in table",
+    )
     d.add_argument("--keep-archives", action="store_true", help="keep the zips after extraction")
     d.set_defaults(func=cmd_download)
 
     f = sub.add_parser("features", parents=[data_flags], help="precompute the feature cache")
-    f.add_argument("--encoder", default="efficientnet_lite0",
-                   help="encoder name (default efficientnet_lite0)")
+    f.add_argument(
+        "--encoder", default="efficientnet_lite0", help="encoder name (default efficientnet_lite0)"
+    )
     f.add_argument("--splits", default="train,dev", help="comma-separated splits")
     f.add_argument("--workers", type=int, default=1, help="image-loading processes")
     f.set_defaults(func=cmd_features)
@@ -305,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     from .core.progress import StopTraining
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
+    )
     try:
         return args.func(args)
     except CaptionerError as exc:  # every known problem: one line (or a short list), no trace
@@ -315,8 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     except StopTraining:
         return 130
     except KeyboardInterrupt:
-        print("interrupted (a training run resumes when the same command is run again)",
-              file=sys.stderr)
+        print(
+            "interrupted (a training run resumes when the same command is run again)",
+            file=sys.stderr,
+        )
         return 130
 
 

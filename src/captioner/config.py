@@ -28,8 +28,12 @@ class DecodeConfig(BaseModel):
     beam_size: int = Field(3, ge=1, le=20, description="beam size (1 = greedy)")
     max_len: int = Field(20, ge=2, le=100, description="longest caption in words")
     length_penalty: float = Field(
-        1.0, ge=0, le=3, description="beam length normalisation: score / length**penalty "
-        "(0 = most probable sequence; larger favours longer captions)")
+        1.0,
+        ge=0,
+        le=3,
+        description="beam length normalisation: score / length**penalty "
+        "(0 = most probable sequence; larger favours longer captions)",
+    )
 
     def resolve(self, **overrides: object) -> DecodeConfig:
         """This config with the given (non-None) settings replaced, validated."""
@@ -63,23 +67,29 @@ class TrainConfig(BaseModel):
 
     # data
     dataset_format: DatasetFormat = Field(
-        "flickr8k", description="dataset format: flickr8k, coco, karpathy (dataset_coco.json)"
-        ", or captions (CSV/JSONL)")
+        "flickr8k",
+        description="dataset format: flickr8k, coco, karpathy (dataset_coco.json)"
+        ", or captions (CSV/JSONL)",
+    )
     dataset_path: Path = Field(
-        description="dataset folder (flickr8k, coco) or captions file (captions)")
+        description="dataset folder (flickr8k, coco) or captions file (captions)"
+    )
     images: Path | None = Field(
-        None, description="image folder for a captions file (default: the file's folder)")
+        None, description="image folder for a captions file (default: the file's folder)"
+    )
     train_split: str = Field("train", description="split to train on")
     dev_split: str = Field("dev", description="split used to pick the best epoch")
     skip_missing: bool = Field(False, description="skip (and count) images that do not exist")
     # encoder
-    encoder: str = Field("efficientnet_lite0", description="image encoder: "
-                         + ", ".join(ENCODERS))
+    encoder: str = Field("efficientnet_lite0", description="image encoder: " + ", ".join(ENCODERS))
     finetune_encoder: bool = Field(
-        False, description="also train the encoder's last stage (random crops and flips; "
-        "no feature cache, so much slower: use a GPU)")
-    encoder_lr: float = Field(1e-4, gt=0, le=1, description="peak learning rate of the "
-                              "fine-tuned encoder stage")
+        False,
+        description="also train the encoder's last stage (random crops and flips; "
+        "no feature cache, so much slower: use a GPU)",
+    )
+    encoder_lr: float = Field(
+        1e-4, gt=0, le=1, description="peak learning rate of the fine-tuned encoder stage"
+    )
     # the seed's knobs
     batch_size: int = Field(64, ge=1, le=4096, description="captions per training step")
     vocab_threshold: int = Field(8, ge=1, description="keep words seen at least this often")
@@ -94,7 +104,8 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     lr_schedule: Literal["cosine", "constant"] = Field(
-        "cosine", description="learning-rate schedule after a one-epoch linear warm-up")
+        "cosine", description="learning-rate schedule after a one-epoch linear warm-up"
+    )
     max_len: int = _decode_field("max_len")
     seed: int = Field(42, description="random seed (runs are reproducible)")
     # decoding used for dev scores and saved in the bundle as the model's default
@@ -114,8 +125,9 @@ class TrainConfig(BaseModel):
 
     @property
     def decoding(self) -> DecodeConfig:
-        return DecodeConfig(beam_size=self.beam_size, max_len=self.max_len,
-                            length_penalty=self.length_penalty)
+        return DecodeConfig(
+            beam_size=self.beam_size, max_len=self.max_len, length_penalty=self.length_penalty
+        )
 
     def fingerprint(self) -> dict:
         """Settings a checkpoint must agree with to be resumed (not epochs or machinery)."""
@@ -155,8 +167,9 @@ def preset_values(name: str) -> dict:
     return load_config_file(PRESETS / f"{name}.toml")
 
 
-def make_config(file: Path | None = None, preset: str | None = None,
-                **overrides: object) -> TrainConfig:
+def make_config(
+    file: Path | None = None, preset: str | None = None, **overrides: object
+) -> TrainConfig:
     """Defaults, then the preset, then the file, then explicit overrides (None = not given)."""
     data: dict = {}
     if preset:
@@ -167,5 +180,6 @@ def make_config(file: Path | None = None, preset: str | None = None,
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, f"training settings{f' in {file}' if file else ''}"
-                                    )) from None
+        raise ConfigError(
+            _describe(exc, f"training settings{f' in {file}' if file else ''}")
+        ) from None

@@ -65,16 +65,21 @@ class ConsoleReporter:
         if bar is None or bar.total != event.total:
             if bar is not None:
                 bar.close()
-            bar = tqdm(total=event.total, desc=desc, unit=unit, file=self.stream,
-                       initial=event.done)
+            bar = tqdm(
+                total=event.total, desc=desc, unit=unit, file=self.stream, initial=event.done
+            )
             self.bars[event.phase] = bar
         bar.update(event.done - bar.n)
         return bar
 
     def __call__(self, event: Event) -> None:
         m = event.metrics
-        if event.phase == "features" and event.phase not in self.bars and \
-                event.total and event.done >= event.total:
+        if (
+            event.phase == "features"
+            and event.phase not in self.bars
+            and event.total
+            and event.done >= event.total
+        ):
             print(f"{event.message}: {event.total} images", file=self.stream)
         elif event.phase == "features":
             bar = self._bar(event, event.message or "features", "img")
@@ -83,16 +88,21 @@ class ConsoleReporter:
                 self.bars.pop(event.phase, None)
         elif event.phase == "train":
             bar = self._bar(event, "training", "step")
-            bar.set_postfix(epoch=f"{m.get('epoch')}/{m.get('epochs')}",
-                            loss=f"{m.get('loss', 0):.3f}", refresh=False)
+            bar.set_postfix(
+                epoch=f"{m.get('epoch')}/{m.get('epochs')}",
+                loss=f"{m.get('loss', 0):.3f}",
+                refresh=False,
+            )
             if event.done >= event.total:
                 bar.close()
                 self.bars.pop(event.phase, None)
         elif event.phase == "epoch":
             bar = self.bars.get("train")
-            text = (f"epoch {m['epoch']}: loss {m['loss']:.3f}  dev BLEU-4 {m['dev_BLEU-4']:.3f}"
-                    f"  CIDEr {m['dev_CIDEr']:.3f}  (best CIDEr {m['best_CIDEr']:.3f}, epoch "
-                    f"{m['best_epoch']})")
+            text = (
+                f"epoch {m['epoch']}: loss {m['loss']:.3f}  dev BLEU-4 {m['dev_BLEU-4']:.3f}"
+                f"  CIDEr {m['dev_CIDEr']:.3f}  (best CIDEr {m['best_CIDEr']:.3f}, epoch "
+                f"{m['best_epoch']})"
+            )
             (bar.write if bar is not None else print)(text)
         elif event.message and event.phase != "done":
             bar = self.bars.get("train")

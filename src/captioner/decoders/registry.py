@@ -15,6 +15,8 @@ def build_decoder(cfg: DecoderConfig) -> nn.Module:
     try:
         cls = DECODERS[cfg.kind]
     except KeyError:
-        raise ConfigError(f"unknown decoder {cfg.kind!r}; this captioner knows "
-                          f"{', '.join(DECODERS)} (upgrade captioner?)") from None
+        raise ConfigError(
+            f"unknown decoder {cfg.kind!r}; this captioner knows "
+            f"{', '.join(DECODERS)} (upgrade captioner?)"
+        ) from None
     return cls(cfg)

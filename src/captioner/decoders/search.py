@@ -18,15 +18,24 @@ NEG_INF = float("-inf")
 
 
 @torch.inference_mode()
-def beam_search(model: Decoder, features: torch.Tensor, beam_size: int = 3,
-                max_len: int = 20, length_penalty: float = 0.0) -> list[list[int]]:
+def beam_search(
+    model: Decoder,
+    features: torch.Tensor,
+    beam_size: int = 3,
+    max_len: int = 20,
+    length_penalty: float = 0.0,
+) -> list[list[int]]:
     """Best token sequence (without <start>/<end>) for each row of `features`."""
     if beam_size < 1 or max_len < 1:
         raise ValueError("beam_size and max_len must be at least 1")
     model.eval()
     b, k = features.shape[0], beam_size
-    pad, start, end, unk = (Vocabulary.pad_id, Vocabulary.start_id, Vocabulary.end_id,
-                            Vocabulary.unk_id)
+    pad, start, end, unk = (
+        Vocabulary.pad_id,
+        Vocabulary.start_id,
+        Vocabulary.end_id,
+        Vocabulary.unk_id,
+    )
     state = model.repeat_state(model.init_state(features), k)
     device = features.device
     tokens = torch.full((b * k,), start, dtype=torch.long, device=device)
@@ -56,8 +65,10 @@ def beam_search(model: Decoder, features: torch.Tensor, beam_size: int = 3,
         scores = cand.gather(1, top)
         lengths = cand_len.gather(1, top)
         done = done.gather(1, beam) | (word == end)
-        seqs = torch.cat([seqs.gather(1, beam.unsqueeze(-1).expand(-1, -1, seqs.shape[-1])),
-                          word.unsqueeze(-1)], dim=-1)
+        seqs = torch.cat(
+            [seqs.gather(1, beam.unsqueeze(-1).expand(-1, -1, seqs.shape[-1])), word.unsqueeze(-1)],
+            dim=-1,
+        )
         rows = (beam + torch.arange(b, device=device).unsqueeze(1) * k).view(-1)
         state = model.select_state(state, rows)
         tokens = word.view(-1)
@@ -79,13 +90,23 @@ def greedy(model: Decoder, features: torch.Tensor, max_len: int = 20) -> list[li
     return beam_search(model, features, beam_size=1, max_len=max_len)
 
 
-def caption_features(model: Decoder, vocab: Vocabulary, features: torch.Tensor,
-                     decode: DecodeConfig, batch: int = 250) -> list[str]:
+def caption_features(
+    model: Decoder,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    decode: DecodeConfig,
+    batch: int = 250,
+) -> list[str]:
     """One caption per row of image features, searched as `decode` says, in batches."""
     device = next(model.parameters()).device
     out: list[str] = []
     for i in range(0, len(features), batch):
-        seqs = beam_search(model, features[i:i + batch].to(device), decode.beam_size,
-                           decode.max_len, decode.length_penalty)
+        seqs = beam_search(
+            model,
+            features[i : i + batch].to(device),
+            decode.beam_size,
+            decode.max_len,
+            decode.length_penalty,
+        )
         out.extend(vocab.decode(s) for s in seqs)
     return out

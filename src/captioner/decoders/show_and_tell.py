@@ -22,8 +22,13 @@ class ShowAndTell(nn.Module):
         self.project = nn.Linear(cfg.feature_dim, cfg.embed_size)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size, padding_idx=0)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.lstm = nn.LSTM(cfg.embed_size, cfg.hidden_size, cfg.num_layers, batch_first=True,
-                            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(
+            cfg.embed_size,
+            cfg.hidden_size,
+            cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
         self.out = nn.Linear(cfg.hidden_size, cfg.vocab_size)
 
     def image_input(self, features: torch.Tensor) -> torch.Tensor:
@@ -32,8 +37,9 @@ class ShowAndTell(nn.Module):
     def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher forcing. tokens: (B, T) starting with <start>; returns logits (B, T, V)
         where position t predicts tokens[:, t + 1] (the last predicts what follows)."""
-        x = torch.cat([self.image_input(features).unsqueeze(1),
-                       self.dropout(self.embed(tokens))], dim=1)
+        x = torch.cat(
+            [self.image_input(features).unsqueeze(1), self.dropout(self.embed(tokens))], dim=1
+        )
         hidden, _ = self.lstm(x)
         return self.out(self.dropout(hidden[:, 1:]))
 

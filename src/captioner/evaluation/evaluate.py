@@ -19,29 +19,45 @@ from ..vision.features import extract_features
 from .metrics import ALL_METRICS, has_java, score_records
 
 
-def dev_scores(model: nn.Module, vocab: Vocabulary, features: torch.Tensor,
-               records: Sequence[Record], decode: DecodeConfig) -> dict[str, float]:
+def dev_scores(
+    model: nn.Module,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    records: Sequence[Record],
+    decode: DecodeConfig,
+) -> dict[str, float]:
     """Fast per-epoch scores: captioner's own tokenizer (no Java start-up, ~0.001 from PTB)."""
     caps = caption_features(model, vocab, features, decode)
     scores = score_records(records, caps, ("bleu", "cider"), tokenizer="simple")
     return {k: scores[k] for k in ("BLEU-4", "CIDEr", "BLEU-1", "mean_length")}
 
 
-def final_scores(model: nn.Module, vocab: Vocabulary, features: torch.Tensor,
-                 records: Sequence[Record], decode: DecodeConfig) -> dict[str, float]:
+def final_scores(
+    model: nn.Module,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    records: Sequence[Record],
+    decode: DecodeConfig,
+) -> dict[str, float]:
     """All metrics through the official PTB tokenizer when Java exists (else no METEOR)."""
     caps = caption_features(model, vocab, features, decode)
     metrics = ALL_METRICS if has_java() else ("bleu", "rouge", "cider")
     return score_records(records, caps, metrics)
 
 
-def evaluate_model(captioner, records: Sequence[Record], decode: DecodeConfig | None = None,
-                   cache_dir: Path | None = None, report: Reporter = silent) -> dict:
+def evaluate_model(
+    captioner,
+    records: Sequence[Record],
+    decode: DecodeConfig | None = None,
+    cache_dir: Path | None = None,
+    report: Reporter = silent,
+) -> dict:
     """Caption `records` with a loaded `api.Captioner` (features through the cache) and score
     them with every metric. Returns the report: decoding, metrics, lengths, every caption."""
     decode = decode or captioner.decoding
-    feats = extract_features([r.image for r in records], captioner.encoder, cache_dir=cache_dir,
-                             report=report)
+    feats = extract_features(
+        [r.image for r in records], captioner.encoder, cache_dir=cache_dir, report=report
+    )
     feats = torch.from_numpy(np.asarray(feats, dtype=np.float32))
     captions = caption_features(captioner.bundle.model, captioner.vocab, feats, decode)
     scores = score_records(records, captions)
@@ -53,6 +69,7 @@ def evaluate_model(captioner, records: Sequence[Record], decode: DecodeConfig | 
         "metrics": scores,
         "mean_length": mean_len,
         "reference_mean_length": ref_len,
-        "captions": [{"image": str(r.image), "caption": c}
-                     for r, c in zip(records, captions, strict=True)],
+        "captions": [
+            {"image": str(r.image), "caption": c} for r, c in zip(records, captions, strict=True)
+        ],
     }

@@ -35,8 +35,12 @@ def _simple_tokenize(captions: Mapping[str, Sequence[str]]) -> dict[str, list[st
     return {k: [" ".join(tokenize(c)) for c in v] for k, v in captions.items()}
 
 
-def score(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str],
-          metrics: Iterable[str] = ALL_METRICS, tokenizer: str = "auto") -> dict[str, float]:
+def score(
+    references: Mapping[str, Sequence[str]],
+    hypotheses: Mapping[str, str],
+    metrics: Iterable[str] = ALL_METRICS,
+    tokenizer: str = "auto",
+) -> dict[str, float]:
     """Corpus scores for hypotheses[id] against references[id] (several per id).
 
     tokenizer: "ptb" (the official Java PTB tokenizer), "simple" (captioner's own lower-case
@@ -45,9 +49,11 @@ def score(references: Mapping[str, Sequence[str]], hypotheses: Mapping[str, str]
     metrics = list(metrics)
     has_java = shutil.which("java") is not None
     if not has_java and (tokenizer == "ptb" or "meteor" in metrics):
-        raise ScoringError("scoring captions needs Java (pycocoevalcap runs the PTB tokenizer "
-                           "and METEOR in Java): install a JRE, e.g. apt-get install "
-                           "default-jre-headless")
+        raise ScoringError(
+            "scoring captions needs Java (pycocoevalcap runs the PTB tokenizer "
+            "and METEOR in Java): install a JRE, e.g. apt-get install "
+            "default-jre-headless"
+        )
     ids = sorted(hypotheses)
     missing = [i for i in ids if not references.get(i)]
     if missing:
@@ -91,9 +97,12 @@ def has_java() -> bool:
     return shutil.which("java") is not None
 
 
-def score_records(records: Sequence, captions: Sequence[str],
-                  metrics: Iterable[str] = ALL_METRICS, tokenizer: str = "auto"
-                  ) -> dict[str, float]:
+def score_records(
+    records: Sequence,
+    captions: Sequence[str],
+    metrics: Iterable[str] = ALL_METRICS,
+    tokenizer: str = "auto",
+) -> dict[str, float]:
     """Scores of one caption per dataset record against the record's references, plus the mean
     length in words of the captions and of the references."""
     refs = {str(i): list(r.captions) for i, r in enumerate(records)}

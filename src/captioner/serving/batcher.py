@@ -37,8 +37,9 @@ class Batcher:
         self.cond = threading.Condition()
         threading.Thread(target=self._loop, name="captioner-batcher", daemon=True).start()
 
-    async def caption(self, cap: Captioner, images: list[Image.Image], decode: DecodeConfig
-                      ) -> list[str]:
+    async def caption(
+        self, cap: Captioner, images: list[Image.Image], decode: DecodeConfig
+    ) -> list[str]:
         request = Request(cap, images, decode, asyncio.get_running_loop().create_future())
         with self.cond:
             self.queue.append(request)
@@ -52,8 +53,9 @@ class Batcher:
                 self.cond.wait()
             first, batch, size = self.queue[0], [], 0
             for item in list(self.queue):
-                if item.fits_with(first) and (not batch or
-                                              size + len(item.images) <= self.max_batch):
+                if item.fits_with(first) and (
+                    not batch or size + len(item.images) <= self.max_batch
+                ):
                     batch.append(item)
                     size += len(item.images)
                     self.queue.remove(item)
@@ -64,14 +66,15 @@ class Batcher:
             batch = self._take()
             first = batch[0]
             try:
-                texts = first.captioner.caption([im for r in batch for im in r.images],
-                                                decode=first.decode)
+                texts = first.captioner.caption(
+                    [im for r in batch for im in r.images], decode=first.decode
+                )
                 error = None
             except Exception as exc:  # hand the error to every waiting request
                 texts, error = [], exc
             start = 0
             for r in batch:
-                part = texts[start:start + len(r.images)]
+                part = texts[start : start + len(r.images)]
                 start += len(r.images)
                 loop = r.future.get_loop()
                 if error is not None:

@@ -58,8 +58,10 @@ class JobStore:
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         now = time.time()
         with closing(self._connect()) as db, db:
-            db.execute("INSERT INTO jobs (id, created, updated, state, config) VALUES (?,?,?,?,?)",
-                       (job_id, now, now, "queued", cfg.model_dump_json()))
+            db.execute(
+                "INSERT INTO jobs (id, created, updated, state, config) VALUES (?,?,?,?,?)",
+                (job_id, now, now, "queued", cfg.model_dump_json()),
+            )
         return job_id
 
     def update(self, job_id: str, **fields: object) -> None:
@@ -73,8 +75,10 @@ class JobStore:
 
     def append_log(self, job_id: str, line: str) -> None:
         with closing(self._connect()) as db, db:
-            db.execute("UPDATE jobs SET log = log || ?, updated = ? WHERE id = ?",
-                       (line.rstrip("\n") + "\n", time.time(), job_id))
+            db.execute(
+                "UPDATE jobs SET log = log || ?, updated = ? WHERE id = ?",
+                (line.rstrip("\n") + "\n", time.time(), job_id),
+            )
 
     def get(self, job_id: str) -> dict | None:
         with closing(self._connect()) as db:
@@ -90,8 +94,12 @@ class JobStore:
         """Jobs left 'running' by a previous server whose process is gone are interrupted."""
         for job in self.list():
             if job["state"] in ("running", "queued") and not _alive(job["pid"]):
-                self.update(job["id"], state="interrupted", pid=None,
-                            error="the server stopped while this job ran; resume to continue")
+                self.update(
+                    job["id"],
+                    state="interrupted",
+                    pid=None,
+                    error="the server stopped while this job ran; resume to continue",
+                )
 
 
 def _row(row: sqlite3.Row) -> dict:
@@ -144,8 +152,11 @@ def _run(db_path: str, job_id: str, run_dir: str, models_dir: str) -> None:
             line = {k: v for k, v in event.metrics.items() if not k.startswith("best_")}
             history[:] = [h for h in history if h["epoch"] < line["epoch"]] + [line]
             store.update(job_id, history=history)
-            store.append_log(job_id, f"epoch {line['epoch']}: loss {line['loss']:.3f}, dev "
-                             f"BLEU-4 {line['dev_BLEU-4']:.3f}, CIDEr {line['dev_CIDEr']:.3f}")
+            store.append_log(
+                job_id,
+                f"epoch {line['epoch']}: loss {line['loss']:.3f}, dev "
+                f"BLEU-4 {line['dev_BLEU-4']:.3f}, CIDEr {line['dev_CIDEr']:.3f}",
+            )
 
     store.update(job_id, state="running", pid=os.getpid(), error=None)
     store.append_log(job_id, "started")
@@ -171,8 +182,11 @@ class JobRunner:
         self.procs: dict[str, multiprocessing.process.BaseProcess] = {}
 
     def start(self, job_id: str) -> None:
-        proc = self.ctx.Process(target=_run, daemon=False, args=(
-            str(self.store.path), job_id, str(self.runs_dir / job_id), str(self.models_dir)))
+        proc = self.ctx.Process(
+            target=_run,
+            daemon=False,
+            args=(str(self.store.path), job_id, str(self.runs_dir / job_id), str(self.models_dir)),
+        )
         # 'running' before the start, so a child that fails at once is not overwritten.
         self.store.update(job_id, state="running", error=None)
         proc.start()

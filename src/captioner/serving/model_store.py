@@ -47,9 +47,14 @@ class ModelStore:
         return p
 
     def ids(self) -> list[str]:
-        found = sorted(p.name for p in self.dir.iterdir()
-                       if p.is_dir() and _ID.match(p.name) and p.name not in self.fixed
-                       and (p / "config.json").is_file())
+        found = sorted(
+            p.name
+            for p in self.dir.iterdir()
+            if p.is_dir()
+            and _ID.match(p.name)
+            and p.name not in self.fixed
+            and (p / "config.json").is_file()
+        )
         return [*self.fixed, *found]
 
     def saved_default(self) -> str:
@@ -85,24 +90,39 @@ class ModelStore:
         cfg, metrics = summary["config"], summary["metrics"]
         train = cfg.get("train", {})
         return {
-            "id": model_id, "default": model_id == self.default(),
+            "id": model_id,
+            "default": model_id == self.default(),
             "deletable": model_id not in self.fixed,
-            "encoder": cfg.get("encoder"), "model": cfg.get("model"),
+            "encoder": cfg.get("encoder"),
+            "model": cfg.get("model"),
             "decoding": cfg.get("decoding"),
             "data": {k: train.get(k) for k in ("dataset_format", "dataset_path", "train_split")},
-            "settings": {k: train.get(k) for k in ("batch_size", "vocab_threshold", "embed_size",
-                                                     "hidden_size", "learning_rate", "epochs")},
-            "dev_scores": metrics.get("dev", {}), "best_epoch": metrics.get("best_epoch"),
+            "settings": {
+                k: train.get(k)
+                for k in (
+                    "batch_size",
+                    "vocab_threshold",
+                    "embed_size",
+                    "hidden_size",
+                    "learning_rate",
+                    "epochs",
+                )
+            },
+            "dev_scores": metrics.get("dev", {}),
+            "best_epoch": metrics.get("best_epoch"),
             "train_seconds": metrics.get("train_seconds"),
-            "size_bytes": summary["size_bytes"], "card": summary["card"],
+            "size_bytes": summary["size_bytes"],
+            "card": summary["card"],
         }
 
     def delete(self, model_id: str) -> None:
         if model_id == BUNDLED_ID:
             raise ModelProtected("the bundled model cannot be deleted")
         if model_id in self.fixed:
-            raise ModelProtected(f"model {model_id!r} was given with `captioner serve --model` "
-                                 "and is not the server's to delete")
+            raise ModelProtected(
+                f"model {model_id!r} was given with `captioner serve --model` "
+                "and is not the server's to delete"
+            )
         path = self.path(model_id)
         with self.lock:
             self.loaded.pop(model_id, None)

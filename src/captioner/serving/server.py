@@ -57,8 +57,9 @@ class ServerSettings:
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    models = ModelStore(settings.state_dir / "models", settings.state_dir / "settings.json",
-                        settings.model)
+    models = ModelStore(
+        settings.state_dir / "models", settings.state_dir / "settings.json", settings.model
+    )
     batcher = Batcher()
 
     @contextlib.asynccontextmanager
@@ -68,9 +69,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if runner is not None:  # a stopped server stops its jobs; they can be resumed later
             await run_in_threadpool(runner.shutdown)
 
-    app = FastAPI(title="captioner", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None,
-                  description="Caption photos, and train and manage caption models.")
+    app = FastAPI(
+        title="captioner",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Caption photos, and train and manage caption models.",
+    )
     _add_offline_docs(app)
     app.state.models = models
 
@@ -81,14 +87,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "version": __version__, "training": settings.allow_training,
-                "default_model": models.default()}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "training": settings.allow_training,
+            "default_model": models.default(),
+        }
 
     @app.post("/api/captions")
-    async def captions(request: Request, files: Annotated[list[UploadFile], File()],
-                       model: Annotated[str | None, Form()] = None,
-                       beam_size: Annotated[int | None, Form()] = None,
-                       length_penalty: Annotated[float | None, Form()] = None):
+    async def captions(
+        request: Request,
+        files: Annotated[list[UploadFile], File()],
+        model: Annotated[str | None, Form()] = None,
+        beam_size: Annotated[int | None, Form()] = None,
+        length_penalty: Annotated[float | None, Form()] = None,
+    ):
         """Caption uploaded photos. Decoding settings not given are the model's own."""
         if len(files) > settings.max_files:
             raise HTTPException(413, f"at most {settings.max_files} files per request")
@@ -102,12 +115,15 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             data = await f.read(limit + 1)
             results.append({"image": name, "caption": None})
             if len(data) > limit:
-                results[-1]["error"] = (f"file is larger than {settings.max_upload_mb:g} MB; "
-                                        "resize it or raise --max-upload-mb")
+                results[-1]["error"] = (
+                    f"file is larger than {settings.max_upload_mb:g} MB; "
+                    "resize it or raise --max-upload-mb"
+                )
                 continue
             try:  # decoding is CPU work: off the event loop
-                image = await run_in_threadpool(open_image, io.BytesIO(data),
-                                                cap.encoder.spec.image_size)
+                image = await run_in_threadpool(
+                    open_image, io.BytesIO(data), cap.encoder.spec.image_size
+                )
                 images.append((len(results) - 1, image))
             except ImageError:
                 results[-1]["error"] = "not an image this server can read (use JPEG, PNG or WebP)"
@@ -123,8 +139,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             w = csv.writer(buf)
             w.writerow(["image", "caption"])
             w.writerows([r["image"], r["caption"]] for r in results if r["caption"] is not None)
-            return Response(buf.getvalue(), media_type="text/csv", headers={
-                "Content-Disposition": 'attachment; filename="captions.csv"'})
+            return Response(
+                buf.getvalue(),
+                media_type="text/csv",
+                headers={"Content-Disposition": 'attachment; filename="captions.csv"'},
+            )
         return results
 
     @app.get("/api/models")
@@ -151,8 +170,11 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             for f in models.files(model_id):
                 z.write(f, f"{model_id}/{f.name}")
-        return Response(buf.getvalue(), media_type="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="captioner-{model_id}.zip"'})
+        return Response(
+            buf.getvalue(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="captioner-{model_id}.zip"'},
+        )
 
     if settings.allow_training:
         _add_training_routes(app, settings, models)
@@ -172,20 +194,25 @@ def _add_offline_docs(app: FastAPI) -> None:
     import swagger_ui_bundle
     from fastapi.openapi.docs import get_swagger_ui_html
 
-    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
-              name="swagger")
+    app.mount(
+        "/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger"
+    )
 
     @app.get("/docs", include_in_schema=False)
     def docs():
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="captioner API",
-                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-                                   swagger_css_url="/static/swagger/swagger-ui.css",
-                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="captioner API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
 
 
 def _page(name: str):
     def serve() -> FileResponse:
         return FileResponse(STATIC / name, media_type="text/html")
+
     return serve
 
 
@@ -228,11 +255,15 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
         cfg = make_config(preset=preset or None, **body)  # the CLI's path: ConfigError -> 422
         path = cfg.dataset_path.expanduser().resolve()
         if not roots:
-            raise HTTPException(403, "this server allows no training data; start it with "
-                                     "--data-root DIR")
+            raise HTTPException(
+                403, "this server allows no training data; start it with --data-root DIR"
+            )
         if not any(path == r or r in path.parents for r in roots):
-            raise HTTPException(403, f"{cfg.dataset_path} is outside the allowed data folders: "
-                                     + ", ".join(map(str, roots)))
+            raise HTTPException(
+                403,
+                f"{cfg.dataset_path} is outside the allowed data folders: "
+                + ", ".join(map(str, roots)),
+            )
         if not path.exists():
             raise HTTPException(422, f"{cfg.dataset_path} does not exist")
         cfg = cfg.model_copy(update={"dataset_path": path})
@@ -260,8 +291,11 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
     def resume_job(job_id: str) -> dict:
         job = job_or_404(job_id)
         if job["state"] not in ("stopped", "interrupted", "failed"):
-            raise HTTPException(409, f"job {job_id} is {job['state']}; only stopped, "
-                                     "interrupted or failed jobs can be resumed")
+            raise HTTPException(
+                409,
+                f"job {job_id} is {job['state']}; only stopped, "
+                "interrupted or failed jobs can be resumed",
+            )
         runner.start(job_id)
         return store.get(job_id)
 
@@ -273,8 +307,9 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
             last = None
             while not await request.is_disconnected():
                 job = store.get(job_id)
-                snapshot = json.dumps({k: v for k, v in job.items() if k != "log"} |
-                                      {"log": job["log"][-4000:]})
+                snapshot = json.dumps(
+                    {k: v for k, v in job.items() if k != "log"} | {"log": job["log"][-4000:]}
+                )
                 if snapshot != last:
                     last = snapshot
                     yield f"data: {snapshot}\n\n"
@@ -282,5 +317,6 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
                     break
                 await asyncio.sleep(0.5)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )

@@ -45,17 +45,28 @@ def _write_json(path: Path, data: object) -> None:
 
 def save_bundle(path: Path, bundle: Bundle, card: str, dtype: torch.dtype = torch.float16) -> None:
     with atomic_dir(path) as tmp:
-        state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
-                 for k, v in bundle.model.state_dict().items()}
+        state = {
+            k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in bundle.model.state_dict().items()
+        }
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         if bundle.encoder_state is not None:
-            save_file({k: v.contiguous() for k, v in bundle.encoder_state.items()},
-                      str(tmp / ENCODER_WEIGHTS), metadata={"format": FORMAT})
-        _write_json(tmp / "config.json", {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "encoder": bundle.encoder, "model": bundle.model.cfg.model_dump(),
-            "decoding": bundle.decoding.model_dump(), "train": bundle.train_config,
-        })
+            save_file(
+                {k: v.contiguous() for k, v in bundle.encoder_state.items()},
+                str(tmp / ENCODER_WEIGHTS),
+                metadata={"format": FORMAT},
+            )
+        _write_json(
+            tmp / "config.json",
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "encoder": bundle.encoder,
+                "model": bundle.model.cfg.model_dump(),
+                "decoding": bundle.decoding.model_dump(),
+                "train": bundle.train_config,
+            },
+        )
         _write_json(tmp / "vocab.json", bundle.vocab.to_json())
         _write_json(tmp / "metrics.json", bundle.metrics)
         (tmp / "README.md").write_text(card, encoding="utf-8")
@@ -84,8 +95,10 @@ def read_config(path: Path) -> dict:
     if cfg.get("format") != FORMAT:
         raise BundleError(f"{path}/config.json is not a captioner model config")
     if cfg.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path} has bundle format version {cfg.get('format_version')}; this "
-                          f"captioner reads version {FORMAT_VERSION}. Upgrade captioner.")
+        raise BundleError(
+            f"{path} has bundle format version {cfg.get('format_version')}; this "
+            f"captioner reads version {FORMAT_VERSION}. Upgrade captioner."
+        )
     if cfg.get("encoder") not in ENCODERS:
         raise BundleError(f"{path}: unknown encoder {cfg.get('encoder')!r}")
     return cfg
@@ -101,12 +114,16 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
     except (ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: invalid config or vocabulary: {exc}") from None
     if mcfg.vocab_size != len(vocab):
-        raise BundleError(f"{path}: model expects {mcfg.vocab_size} words but vocab.json has "
-                          f"{len(vocab)}: the files come from different models")
+        raise BundleError(
+            f"{path}: model expects {mcfg.vocab_size} words but vocab.json has "
+            f"{len(vocab)}: the files come from different models"
+        )
     if ENCODERS[cfg["encoder"]].feature_dim != mcfg.feature_dim:
-        raise BundleError(f"{path}: encoder {cfg['encoder']} gives "
-                          f"{ENCODERS[cfg['encoder']].feature_dim} features, model expects "
-                          f"{mcfg.feature_dim}")
+        raise BundleError(
+            f"{path}: encoder {cfg['encoder']} gives "
+            f"{ENCODERS[cfg['encoder']].feature_dim} features, model expects "
+            f"{mcfg.feature_dim}"
+        )
     weights = path / WEIGHTS
     if not weights.is_file():
         raise BundleError(f"{weights} is missing")
@@ -121,8 +138,11 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
     expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
-    problems += [f"{k}: shape {tuple(state[k].shape)} != {tuple(v.shape)}"
-                 for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems += [
+        f"{k}: shape {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if problems:
         raise BundleError(f"{weights} does not match config.json: " + "; ".join(problems[:5]))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
@@ -134,8 +154,9 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
             encoder_state = load_file(str(path / ENCODER_WEIGHTS))
         except Exception as exc:  # safetensors raises its own error types across versions
             raise BundleError(f"{path / ENCODER_WEIGHTS}: unreadable weights ({exc})") from None
-    return Bundle(model, vocab, cfg["encoder"], decoding, cfg.get("train", {}), metrics, path,
-                  encoder_state)
+    return Bundle(
+        model, vocab, cfg["encoder"], decoding, cfg.get("train", {}), metrics, path, encoder_state
+    )
 
 
 def read_summary(path: Path) -> dict:

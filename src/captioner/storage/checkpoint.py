@@ -39,16 +39,23 @@ def read_meta(path: Path) -> dict:
             raise ValueError("expected a JSON object")
         return meta
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{file} is unreadable ({exc}); delete {Path(path)} to start the "
-                              "run over") from None
+        raise CheckpointError(
+            f"{file} is unreadable ({exc}); delete {Path(path)} to start the run over"
+        ) from None
 
 
-def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                    best_state: dict[str, torch.Tensor], meta: dict,
-                    extra: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    best_state: dict[str, torch.Tensor],
+    meta: dict,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> None:
     with atomic_dir(path) as tmp:
-        tensors = {f"model.{k}": v.detach().cpu().contiguous()
-                   for k, v in model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        }
         tensors.update({f"best.{k}": v for k, v in best_state.items()})
         tensors.update(extra or {})
         osd = opt.state_dict()
@@ -57,8 +64,10 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
                 tensors[f"optim.{idx}.{name}"] = v.detach().cpu().contiguous()
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / TENSORS))
-        (tmp / META).write_text(json.dumps({**meta, "param_groups": osd["param_groups"]},
-                                           indent=2) + "\n", encoding="utf-8")
+        (tmp / META).write_text(
+            json.dumps({**meta, "param_groups": osd["param_groups"]}, indent=2) + "\n",
+            encoding="utf-8",
+        )
 
 
 def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> Checkpoint:
@@ -77,8 +86,10 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) ->
         opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
         torch.set_rng_state(tensors["rng.torch"])
     except Exception as exc:  # safetensors, torch and KeyError all mean "not this run's state"
-        raise CheckpointError(f"{path / TENSORS} cannot be restored ({str(exc)[:200]}); delete "
-                              f"{path} to start the run over") from None
+        raise CheckpointError(
+            f"{path / TENSORS} cannot be restored ({str(exc)[:200]}); delete "
+            f"{path} to start the run over"
+        ) from None
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     known = ("model.", "best.", "optim.", "rng.")
     extra = {k: v for k, v in tensors.items() if not k.startswith(known)}

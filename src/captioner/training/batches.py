@@ -17,8 +17,7 @@ def count_batches(n: int, batch_size: int) -> int:
     return (n // chunk) * _CHUNK_BATCHES + math.ceil((n % chunk) / batch_size)
 
 
-def epoch_batches(caps: list[tuple[int, list[int]]], batch_size: int, seed: int
-                  ) -> list[list[int]]:
+def epoch_batches(caps: list[tuple[int, list[int]]], batch_size: int, seed: int) -> list[list[int]]:
     """Every caption once, in batches of similar length (little padding, so ~40% less compute
     than random batches on CPU); batch order and membership are shuffled by `seed`."""
     g = torch.Generator().manual_seed(seed)
@@ -27,8 +26,8 @@ def epoch_batches(caps: list[tuple[int, list[int]]], batch_size: int, seed: int
     chunk = batch_size * _CHUNK_BATCHES
     batches = []
     for c in range(0, len(order), chunk):
-        part = sorted(order[c:c + chunk], key=lambda i: len(caps[i][1]))
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        part = sorted(order[c : c + chunk], key=lambda i: len(caps[i][1]))
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     perm = torch.randperm(len(batches), generator=g).tolist()
     return [batches[i] for i in perm]
 

@@ -45,19 +45,34 @@ def prepare_data(cfg: TrainConfig, device: torch.device, report: Reporter = sile
     train = load_dataset(cfg.dataset_format, cfg.dataset_path, cfg.train_split, **kw)
     dev = load_dataset(cfg.dataset_format, cfg.dataset_path, cfg.dev_split, **kw)
     vocab = Vocabulary.build((c for r in train for c in r.captions), cfg.vocab_threshold)
-    report(Event("vocab", message=f"{len(train)} training images, {len(dev)} dev images, "
-                                  f"{len(vocab)} words"))
-    caps = [(i, vocab.encode(c)[: cfg.max_len + 2]) for i, r in enumerate(train)
-            for c in r.captions]
+    report(
+        Event(
+            "vocab",
+            message=f"{len(train)} training images, {len(dev)} dev images, {len(vocab)} words",
+        )
+    )
+    caps = [
+        (i, vocab.encode(c)[: cfg.max_len + 2]) for i, r in enumerate(train) for c in r.captions
+    ]
     images = [r.image for r in train]
     if cfg.finetune_encoder:  # features change as the encoder learns: nothing to cache
         return Data(vocab, None, caps, None, dev, images)
-    fx = {"cache_dir": cfg.cache_dir, "workers": cfg.workers, "report": report,
-          "device": str(device)}
+    fx = {
+        "cache_dir": cfg.cache_dir,
+        "workers": cfg.workers,
+        "report": report,
+        "device": str(device),
+    }
     train_feats = extract_features(images, cfg.encoder, **fx)
     dev_feats = extract_features([r.image for r in dev], cfg.encoder, **fx)
-    return Data(vocab, train_feats, caps,
-                torch.from_numpy(np.asarray(dev_feats, dtype=np.float32)), dev, images)
+    return Data(
+        vocab,
+        train_feats,
+        caps,
+        torch.from_numpy(np.asarray(dev_feats, dtype=np.float32)),
+        dev,
+        images,
+    )
 
 
 class CachedFeatures:
@@ -73,12 +88,10 @@ class CachedFeatures:
     def inputs(self, batches: list[list[int]], epoch: int) -> Iterator[None]:
         return itertools.repeat(None)
 
-    def features(self, images: torch.Tensor, inputs: None, device: torch.device
-                 ) -> torch.Tensor:
+    def features(self, images: torch.Tensor, inputs: None, device: torch.device) -> torch.Tensor:
         if isinstance(self.feats, torch.Tensor):
             return self.feats[images].float().to(device)
-        return torch.from_numpy(np.asarray(self.feats[images.numpy()], dtype=np.float32)
-                                ).to(device)
+        return torch.from_numpy(np.asarray(self.feats[images.numpy()], dtype=np.float32)).to(device)
 
     def dev_features(self) -> torch.Tensor:
         return self.dev
@@ -117,35 +130,48 @@ class FinetunedEncoder:
         self.feature_dim = self.encoder.spec.feature_dim
         size = self.encoder.spec.image_size
         self.image_of = [i for i, _ in data.train_caps]
-        self.dev_pixels = torch.from_numpy(np.stack([
-            self.encoder.preprocess(open_image(r.image, size)) for r in data.dev_records]))
+        self.dev_pixels = torch.from_numpy(
+            np.stack([self.encoder.preprocess(open_image(r.image, size)) for r in data.dev_records])
+        )
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return self.tail
 
     def inputs(self, batches: list[list[int]], epoch: int) -> Iterator[torch.Tensor]:
         dataset = _Augmented(self.data.train_images, self.image_of, self.encoder.spec.image_size)
-        return iter(DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.workers,
-                               collate_fn=stack_pixels, generator=torch.Generator().manual_seed(
-                                   self.cfg.seed * 1000 + epoch)))
+        return iter(
+            DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=self.cfg.workers,
+                collate_fn=stack_pixels,
+                generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch),
+            )
+        )
 
-    def features(self, images: torch.Tensor, inputs: torch.Tensor, device: torch.device
-                 ) -> torch.Tensor:
+    def features(
+        self, images: torch.Tensor, inputs: torch.Tensor, device: torch.device
+    ) -> torch.Tensor:
         return self.encoder.graph(inputs.to(device))
 
     @torch.no_grad()
     def dev_features(self, batch: int = 64) -> torch.Tensor:
         device = self.encoder.graph.mean.device
         px = self.dev_pixels
-        return torch.cat([self.encoder.graph(px[i:i + batch].to(device)).float().cpu()
-                          for i in range(0, len(px), batch)])
+        return torch.cat(
+            [
+                self.encoder.graph(px[i : i + batch].to(device)).float().cpu()
+                for i in range(0, len(px), batch)
+            ]
+        )
 
     def state(self) -> dict[str, torch.Tensor]:
         return {f"encoder.{k}": v for k, v in self.encoder.net_state().items()}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.encoder.graph.net.load_state_dict(
-            {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")})
+            {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
+        )
 
     def bundle_state(self) -> dict[str, torch.Tensor]:
         return self.encoder.net_state()

@@ -69,8 +69,9 @@ def _resnet(depth: int) -> nn.Module:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     try:
         # weights_only: a weights file can never run code when loaded.
-        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True,
-                                                   weights_only=True, progress=True)
+        state = torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", check_hash=True, weights_only=True, progress=True
+        )
     except Exception as exc:  # URLError, HTTPError, hash mismatch, unreadable file
         raise EncoderUnavailable(
             f"could not load resnet{depth} ImageNet weights ({exc}). They download from {url} "
@@ -122,9 +123,16 @@ def _onnx_session(spec: EncoderSpec, graph: nn.Module, weights_id: str):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(graph, (example,), str(tmp), input_names=["pixels"],
-                                  output_names=["features"], dynamic_axes={"pixels": {0: "n"}},
-                                  opset_version=17, dynamo=False)
+                torch.onnx.export(
+                    graph,
+                    (example,),
+                    str(tmp),
+                    input_names=["pixels"],
+                    output_names=["features"],
+                    dynamic_axes={"pixels": {0: "n"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
             os.replace(tmp, path)
         except Exception as exc:  # exporter missing or failing: PyTorch still works
             log.warning("could not export %s to ONNX (%s); using PyTorch", spec.name, exc)
@@ -144,8 +152,13 @@ class Encoder(nn.Module):
     without onnxruntime, through PyTorch.
     """
 
-    def __init__(self, name: str, device: str | torch.device = "cpu", onnx: bool = True,
-                 state: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        device: str | torch.device = "cpu",
+        onnx: bool = True,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.spec = get_spec(name)
         net = build_network(self.spec).eval()
@@ -163,8 +176,11 @@ class Encoder(nn.Module):
         self.device = torch.device(device)
         self.graph.to(self.device).to(memory_format=torch.channels_last)
         self.graph.mean, self.graph.std = mean.to(self.device), std.to(self.device)
-        self.session = _onnx_session(self.spec, self.graph, self.weights_id) if (
-            onnx and self.device.type == "cpu") else None
+        self.session = (
+            _onnx_session(self.spec, self.graph, self.weights_id)
+            if (onnx and self.device.type == "cpu")
+            else None
+        )
 
     def trainable_tail(self) -> list[nn.Parameter]:
         """Unfreeze the last stage (ResNet layer4; EfficientNet-Lite's last blocks and head)

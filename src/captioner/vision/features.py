@@ -30,8 +30,11 @@ PREPROCESS_VERSION = 1  # bump when resize/crop/normalisation changes
 def cache_key(encoder: str, images: list[Path], weights_id: str | None = None) -> str:
     spec = get_spec(encoder)
     h = hashlib.sha256()
-    h.update(json.dumps([spec.name, weights_id or spec.weights_id, spec.image_size,
-                         PREPROCESS_VERSION]).encode())
+    h.update(
+        json.dumps(
+            [spec.name, weights_id or spec.weights_id, spec.image_size, PREPROCESS_VERSION]
+        ).encode()
+    )
     for p in images:
         st = Path(p).stat()
         h.update(f"\n{Path(p).resolve()}\t{st.st_size}\t{st.st_mtime_ns}".encode())
@@ -55,9 +58,15 @@ def stack_pixels(batch: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(batch))
 
 
-def extract_features(images: list[Path], encoder: str | Encoder, cache_dir: Path | None = None,
-                     batch_size: int = 32, workers: int = 1, device: str = "cpu",
-                     report: Reporter = silent) -> np.ndarray:
+def extract_features(
+    images: list[Path],
+    encoder: str | Encoder,
+    cache_dir: Path | None = None,
+    batch_size: int = 32,
+    workers: int = 1,
+    device: str = "cpu",
+    report: Reporter = silent,
+) -> np.ndarray:
     """Return a read-only (N, D) float16 memmap of pooled features, computing what is missing.
     Reports ``features`` events (images done / total)."""
     name = encoder if isinstance(encoder, str) else encoder.spec.name
@@ -78,16 +87,16 @@ def extract_features(images: list[Path], encoder: str | Encoder, cache_dir: Path
         done = int(json.loads(state.read_text())["done"])
         out = np.lib.format.open_memmap(partial, mode="r+")
     else:
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
-                                        shape=(len(images), enc.spec.feature_dim))
+        out = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=np.float16, shape=(len(images), enc.spec.feature_dim)
+        )
     todo = _Images(images[done:], enc.spec.image_size)
-    loader = DataLoader(todo, batch_size=batch_size, num_workers=workers,
-                        collate_fn=stack_pixels)
+    loader = DataLoader(todo, batch_size=batch_size, num_workers=workers, collate_fn=stack_pixels)
     label = f"features ({name})"
     report(Event("features", done, len(images), message=label))
     for batch in loader:
         feats = enc(batch).cpu().numpy().astype(np.float16)
-        out[done:done + len(feats)] = feats
+        out[done : done + len(feats)] = feats
         done += len(feats)
         out.flush()
         write_json(state, {"done": done}, indent=None)

