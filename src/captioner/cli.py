@@ -111,7 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in TrainConfig.model_fields}
     cfg = make_config(args.config, args.preset, **overrides)
     t0 = time.time()
-    path = train(cfg, Path(args.out), report=silent if args.quiet else ConsoleReporter())
+    with ConsoleReporter() as progress:
+        path = train(cfg, Path(args.out), report=silent if args.quiet else progress)
     print(f"model saved to {path} ({(time.time() - t0) / 60:.1f} min)")
     return 0
 
@@ -139,9 +140,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     records = _records(args, args.split)
     if args.limit:
         records = records[: args.limit]
-    report = evaluate_model(
-        cap, records, decode, cache_dir=args.cache_dir, report=ConsoleReporter()
-    )
+    with ConsoleReporter() as progress:
+        report = evaluate_model(cap, records, decode, cache_dir=args.cache_dir, report=progress)
     report["dataset"] = {
         "format": args.dataset_format,
         "path": str(args.dataset_path),
@@ -168,13 +168,14 @@ def cmd_features(args: argparse.Namespace) -> int:
     get_spec(args.encoder)  # an unknown name fails before any data is read
     for split in args.splits.split(","):
         records = _records(args, split)
-        feats = extract_features(
-            [r.image for r in records],
-            args.encoder,
-            cache_dir=args.cache_dir,
-            workers=args.workers,
-            report=ConsoleReporter(),
-        )
+        with ConsoleReporter() as progress:
+            feats = extract_features(
+                [r.image for r in records],
+                args.encoder,
+                cache_dir=args.cache_dir,
+                workers=args.workers,
+                report=progress,
+            )
         print(f"{split}: {feats.shape[0]} images x {feats.shape[1]} features cached")
     return 0
 

@@ -81,7 +81,11 @@ class TrainConfig(BaseModel):
     dev_split: str = Field("dev", description="split used to pick the best epoch")
     skip_missing: bool = Field(False, description="skip (and count) images that do not exist")
     # encoder
-    encoder: str = Field("efficientnet_lite0", description="image encoder: " + ", ".join(ENCODERS))
+    encoder: str = Field(
+        "efficientnet_lite0",
+        description="image encoder: " + ", ".join(ENCODERS),
+        json_schema_extra={"enum": list(ENCODERS)},  # the web form's choices
+    )
     finetune_encoder: bool = Field(
         False,
         description="also train the encoder's last stage (random crops and flips; "

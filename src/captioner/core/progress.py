@@ -72,6 +72,18 @@ class ConsoleReporter:
         bar.update(event.done - bar.n)
         return bar
 
+    def close(self) -> None:
+        """End any open bar (so an error message starts on its own line)."""
+        for bar in self.bars.values():
+            bar.close()
+        self.bars.clear()
+
+    def __enter__(self) -> ConsoleReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __call__(self, event: Event) -> None:
         m = event.metrics
         if (

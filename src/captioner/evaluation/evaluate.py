@@ -16,7 +16,7 @@ from ..data.datasets import Record
 from ..data.vocab import Vocabulary
 from ..decoders.search import caption_features
 from ..vision.features import extract_features
-from .metrics import ALL_METRICS, has_java, score_records
+from .metrics import ALL_METRICS, has_java, require_java, score_records
 
 
 def dev_scores(
@@ -55,6 +55,7 @@ def evaluate_model(
     """Caption `records` with a loaded `api.Captioner` (features through the cache) and score
     them with every metric. Returns the report: decoding, metrics, lengths, every caption."""
     decode = decode or captioner.decoding
+    require_java()  # before minutes of feature extraction, not after
     feats = extract_features(
         [r.image for r in records], captioner.encoder, cache_dir=cache_dir, report=report
     )

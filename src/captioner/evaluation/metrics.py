@@ -47,20 +47,16 @@ def score(
     word split, for machines without Java; BLEU/CIDEr differ from PTB's by ~0.001), or "auto".
     """
     metrics = list(metrics)
-    has_java = shutil.which("java") is not None
-    if not has_java and (tokenizer == "ptb" or "meteor" in metrics):
-        raise ScoringError(
-            "scoring captions needs Java (pycocoevalcap runs the PTB tokenizer "
-            "and METEOR in Java): install a JRE, e.g. apt-get install "
-            "default-jre-headless"
-        )
+    java = has_java()
+    if tokenizer == "ptb" or "meteor" in metrics:
+        require_java()
     ids = sorted(hypotheses)
     missing = [i for i in ids if not references.get(i)]
     if missing:
         raise ValueError(f"no references for {len(missing)} images, e.g. {missing[0]}")
     refs = {i: list(references[i]) for i in ids}
     hyps = {i: [hypotheses[i]] for i in ids}
-    if tokenizer == "simple" or (tokenizer == "auto" and not has_java):
+    if tokenizer == "simple" or (tokenizer == "auto" and not java):
         gts, res = _simple_tokenize(refs), _simple_tokenize(hyps)
     else:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
@@ -95,6 +91,14 @@ def score(
 
 def has_java() -> bool:
     return shutil.which("java") is not None
+
+
+def require_java() -> None:
+    if not has_java():
+        raise ScoringError(
+            "scoring captions needs Java (pycocoevalcap runs the PTB tokenizer and METEOR in "
+            "Java): install a JRE, e.g. apt-get install default-jre-headless"
+        )
 
 
 def score_records(

@@ -23,7 +23,7 @@ from ..core.progress import Event, Reporter, silent
 from ..data.datasets import Record, load_dataset
 from ..data.vocab import Vocabulary
 from ..vision.encoders import Encoder
-from ..vision.features import extract_features, stack_pixels
+from ..vision.features import extract_features, stack_pixels, without_worker_traces
 from ..vision.images import augment, open_image
 
 
@@ -139,7 +139,7 @@ class FinetunedEncoder:
 
     def inputs(self, batches: list[list[int]], epoch: int) -> Iterator[torch.Tensor]:
         dataset = _Augmented(self.data.train_images, self.image_of, self.encoder.spec.image_size)
-        return iter(
+        return without_worker_traces(
             DataLoader(
                 dataset,
                 batch_sampler=batches,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..core.atomic import write_json
+from ..core.errors import ImageError
 from ..core.paths import default_cache_dir
 from ..core.progress import Event, Reporter, silent
 from .encoders import Encoder
@@ -51,6 +53,21 @@ class _Images(Dataset):
 
     def __getitem__(self, i: int) -> np.ndarray:
         return to_pixels(open_image(self.paths[i], self.size), self.size)  # ImageError names it
+
+
+def without_worker_traces(loader: Iterable) -> Iterator:
+    """Iterate a DataLoader, re-raising a worker's ImageError with the message a user should
+    read (PyTorch puts the worker's whole traceback into the message)."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except ImageError as exc:
+            last = str(exc).strip().splitlines()[-1]
+            raise ImageError(last.split("ImageError: ", 1)[-1]) from None
+        yield batch
 
 
 def stack_pixels(batch: list[np.ndarray]) -> torch.Tensor:
@@ -94,7 +111,7 @@ def extract_features(
     loader = DataLoader(todo, batch_size=batch_size, num_workers=workers, collate_fn=stack_pixels)
     label = f"features ({name})"
     report(Event("features", done, len(images), message=label))
-    for batch in loader:
+    for batch in without_worker_traces(loader):
         feats = enc(batch).cpu().numpy().astype(np.float16)
         out[done : done + len(feats)] = feats
         done += len(feats)

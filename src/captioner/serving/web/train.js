@@ -4,19 +4,85 @@ const form = document.getElementById("form"), formError = document.getElementByI
 const section = document.getElementById("job");
 let source = null, current = null, losses = [];
 
+// The settings most runs change; every other TrainConfig field sits under "More settings".
+const MAIN = ["dataset_format", "dataset_path", "images", "dev_split", "encoder", "batch_size",
+  "vocab_threshold", "embed_size", "hidden_size", "learning_rate", "epochs"];
+let schema = null, presets = {};
+
+function fieldType(prop) {
+  const types = prop.anyOf ? prop.anyOf.map(t => t.type) : [prop.type];
+  return { type: types.find(t => t !== "null"), nullable: types.includes("null") };
+}
+
+function makeField(name, prop, required) {
+  const { type, nullable } = fieldType(prop);
+  const label = prop.title || name;
+  const hint = el("span", { class: "hint" }, prop.description || "");
+  let input;
+  if (type === "boolean") {
+    input = el("input", { type: "checkbox", name, checked: prop.default === true });
+    return el("label", { class: "check", title: prop.description || "" }, input, label);
+  }
+  if (prop.enum) {
+    input = el("select", { name }, ...prop.enum.map(v => el("option", { value: v, selected: v === prop.default }, v)));
+  } else if (type === "integer" || type === "number") {
+    input = el("input", {
+      name, type: "number", step: type === "integer" ? "1" : "any",
+      min: prop.minimum ?? prop.exclusiveMinimum, max: prop.maximum ?? prop.exclusiveMaximum,
+      value: prop.default ?? "",
+    });
+  } else {
+    input = el("input", { name, value: prop.default ?? "", required: required || undefined,
+      placeholder: nullable ? "optional" : "", list: name === "dataset_path" ? "roots" : undefined });
+  }
+  input.dataset.kind = type;
+  return el("label", {}, label, input, hint);
+}
+
+function setValue(input, value) {
+  if (input.type === "checkbox") input.checked = !!value;
+  else input.value = value ?? "";
+}
+
+async function buildForm() {
+  const cfg = await api("/api/config/schema");
+  schema = cfg.schema; presets = cfg.presets;
+  const required = new Set(schema.required || []);
+  const main = document.getElementById("main-fields"), more = document.getElementById("more-fields");
+  for (const [name, prop] of Object.entries(schema.properties)) {
+    (MAIN.includes(name) ? main : more).append(makeField(name, prop, required.has(name)));
+  }
+  // Keep the main fields in MAIN's order.
+  main.replaceChildren(...MAIN.filter(n => schema.properties[n]).map(n => form.elements[n].closest("label")));
+  const preset = document.getElementById("preset");
+  preset.append(...Object.keys(presets).map(p => el("option", { value: p }, p)));
+  preset.addEventListener("change", () => {
+    const values = { ...Object.fromEntries(Object.entries(schema.properties).map(([k, p]) => [k, p.default])),
+                     ...(presets[preset.value] || {}) };
+    for (const [k, v] of Object.entries(values)) {
+      if (form.elements[k] && k !== "dataset_path") setValue(form.elements[k], v);
+    }
+  });
+  form.removeAttribute("aria-busy");
+}
+
+const ready = buildForm().catch(err => { formError.textContent = `cannot load the settings: ${err.message}`; });
+
 api("/api/datasets").then(d => {
   document.getElementById("roots").replaceChildren(...d.roots.map(r => el("option", { value: r })));
-  if (d.roots.length && !form.dataset_path.value) form.dataset_path.placeholder = d.roots[0];
+  if (d.roots.length && !form.dataset_path?.value) ready.then(() => { form.dataset_path.placeholder = d.roots[0]; });
 }).catch(() => {});
 
 form.addEventListener("submit", async e => {
   e.preventDefault();
   formError.textContent = "";
   const body = {};
-  for (const [k, v] of new FormData(form)) {
+  for (const input of form.elements) {
+    if (!input.name) continue;
+    if (input.type === "checkbox") { body[input.name] = input.checked; continue; }
+    const v = input.value.trim();
     if (v === "") continue;
-    const input = form.elements[k];
-    body[k] = input.type === "number" ? Number(v) : v;
+    body[input.name] = input.dataset.kind === "integer" || input.dataset.kind === "number" ? Number(v) : v;
   }
   try {
     const job = await api("/api/jobs", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
