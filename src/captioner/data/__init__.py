@@ -1,0 +1,2 @@
+"""Stage 1: read datasets (COCO, Karpathy, Flickr8k, CSV/JSONL), download COCO, build the
+vocabulary."""
