@@ -51,3 +51,7 @@ class ModelNotFound(CaptionerError, LookupError):
 
 class ModelProtected(CaptionerError, PermissionError):
     """The model cannot be changed or deleted (bundled, or given on the command line)."""
+
+
+class DataPathError(CaptionerError, PermissionError):
+    """A path given to the server lies outside its data folders (--data-root)."""
