@@ -55,3 +55,8 @@ class ModelProtected(CaptionerError, PermissionError):
 
 class DataPathError(CaptionerError, PermissionError):
     """A path given to the server lies outside its data folders (--data-root)."""
+
+
+class ImageTooLarge(ImageError):
+    """An image has more pixels than the decoding limit (CAPTIONER_MAX_PIXELS); checked from
+    the file's header, before anything is decoded."""
