@@ -20,13 +20,15 @@ class DecoderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = "show_and_tell"
+    kind: str = "show_and_tell"  # or "attention"
     feature_dim: int = Field(gt=0)
     vocab_size: int = Field(gt=4)
     embed_size: int = Field(512, gt=0)
     hidden_size: int = Field(512, gt=0)
     num_layers: int = Field(1, ge=1, le=4)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    attention_size: int = Field(512, gt=0)  # attention decoder only
+    num_classes: int = Field(0, ge=0)  # >0: the decoder uses the encoder's ImageNet head
 
 
 class Decoder(Protocol):

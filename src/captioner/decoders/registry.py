@@ -5,10 +5,19 @@ from __future__ import annotations
 from torch import nn
 
 from ..core.errors import ConfigError
+from .attention import ShowAttendTell
 from .base import DecoderConfig
 from .show_and_tell import ShowAndTell
 
-DECODERS: dict[str, type[nn.Module]] = {ShowAndTell.kind: ShowAndTell}
+DECODERS: dict[str, type[nn.Module]] = {
+    ShowAndTell.kind: ShowAndTell,
+    ShowAttendTell.kind: ShowAttendTell,
+}
+
+
+def decoder_input(kind: str) -> str:
+    """What a decoder kind reads: "pooled" (N, D) or "grid" (N, regions, D) features."""
+    return getattr(DECODERS.get(kind), "input", "pooled")
 
 
 def build_decoder(cfg: DecoderConfig) -> nn.Module:

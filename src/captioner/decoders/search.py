@@ -110,3 +110,48 @@ def caption_features(
         )
         out.extend(vocab.decode(s) for s in seqs)
     return out
+
+
+def sample(
+    model: Decoder,
+    features: torch.Tensor,
+    n: int,
+    max_len: int,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n captions per image drawn from the model (or the greedy one), with gradients, for
+    self-critical training. Returns tokens (B*n, L) without <start> (<pad> after <end>), the
+    log-probability of each token (B*n, L) and a mask of the positions that count (words and
+    the <end>). Rows i*n .. i*n+n-1 belong to image i."""
+    pad, start, end, unk = (
+        Vocabulary.pad_id,
+        Vocabulary.start_id,
+        Vocabulary.end_id,
+        Vocabulary.unk_id,
+    )
+    state = model.repeat_state(model.init_state(features), n)
+    rows = features.shape[0] * n
+    tokens = torch.full((rows,), start, dtype=torch.long, device=features.device)
+    done = torch.zeros(rows, dtype=torch.bool, device=features.device)
+    seqs, logps, masks = [], [], []
+    for t in range(max_len):
+        logp, state = model.step(tokens, state)
+        logp = logp.clone()
+        logp[:, [pad, start, unk]] = NEG_INF
+        if t == max_len - 1:  # every caption ends within max_len tokens
+            logp[:, :end] = NEG_INF
+            logp[:, end + 1 :] = NEG_INF
+        if greedy:
+            word = logp.argmax(dim=-1)
+        else:
+            word = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+        word = word.masked_fill(done, pad)
+        masks.append(~done)
+        logps.append(logp.gather(1, word.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0))
+        seqs.append(word)
+        done = done | (word == end)
+        tokens = word
+        if bool(done.all()):
+            break
+    return torch.stack(seqs, 1), torch.stack(logps, 1), torch.stack(masks, 1)

@@ -12,6 +12,7 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 class ShowAndTell(nn.Module):
     kind = "show_and_tell"
+    input = "pooled"  # features (N, feature_dim)
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()

@@ -169,7 +169,7 @@ class FinetunedEncoder:
         return {f"encoder.{k}": v for k, v in self.encoder.net_state().items()}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.encoder.graph.net.load_state_dict(
+        self.encoder.base.load_state_dict(
             {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
         )
 

@@ -54,6 +54,23 @@ class _LitePooled(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))
 
 
+class _Grid(nn.Module):
+    """The last feature map as regions, (N, H*W, D), for attention decoders."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        if isinstance(n, _LitePooled):
+            fmap = n.net.extract_features(x)
+        else:  # torchvision ResNet: stop before its average pooling
+            x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+            fmap = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return fmap.flatten(2).transpose(1, 2)
+
+
 # torchvision's ImageNet weights (IMAGENET1K_V1). Kept here so tests can point them at a local
 # server; the file name's hash prefix is checked after download.
 RESNET_URLS = {
@@ -146,7 +163,8 @@ def _onnx_session(spec: EncoderSpec, graph: nn.Module, weights_id: str):
 
 
 class Encoder(nn.Module):
-    """A frozen CNN plus its preprocessing: PIL images in, (N, feature_dim) features out.
+    """A frozen CNN plus its preprocessing: PIL images in, (N, feature_dim) pooled features
+    out, or with grid=True the (N, regions, feature_dim) feature map for attention.
 
     On CPU it runs through onnxruntime when available (same numbers to ~1e-5); on CUDA, or
     without onnxruntime, through PyTorch.
@@ -158,9 +176,11 @@ class Encoder(nn.Module):
         device: str | torch.device = "cpu",
         onnx: bool = True,
         state: dict[str, torch.Tensor] | None = None,
+        grid: bool = False,
     ) -> None:
         super().__init__()
         self.spec = get_spec(name)
+        self.grid = grid
         net = build_network(self.spec).eval()
         self.weights_id = self.spec.weights_id
         if state is not None:  # a fine-tuned encoder saved in a model bundle
@@ -172,12 +192,13 @@ class Encoder(nn.Module):
         net.requires_grad_(False)
         mean = torch.tensor(self.spec.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.spec.std).view(1, 3, 1, 1)
-        self.graph = _Normalised(net, mean, std).eval()
+        self.base = net  # what fine-tuning trains and bundles save, with either output
+        self.graph = _Normalised(_Grid(net) if grid else net, mean, std).eval()
         self.device = torch.device(device)
         self.graph.to(self.device).to(memory_format=torch.channels_last)
         self.graph.mean, self.graph.std = mean.to(self.device), std.to(self.device)
         self.session = (
-            _onnx_session(self.spec, self.graph, self.weights_id)
+            _onnx_session(self.spec, self.graph, self.weights_id + ("-grid" if grid else ""))
             if (onnx and self.device.type == "cpu")
             else None
         )
@@ -185,7 +206,7 @@ class Encoder(nn.Module):
     def trainable_tail(self) -> list[nn.Parameter]:
         """Unfreeze the last stage (ResNet layer4; EfficientNet-Lite's last blocks and head)
         for fine-tuning; batch-norm statistics stay frozen (the graph stays in eval mode)."""
-        net = self.graph.net
+        net = self.base
         if isinstance(net, _LitePooled):
             eff = net.net
             parts = [*eff._blocks[-4:], eff._conv_head, eff._bn1]
@@ -197,7 +218,7 @@ class Encoder(nn.Module):
         return params
 
     def net_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.graph.net.state_dict().items()}
+        return {k: v.detach().cpu().contiguous() for k, v in self.base.state_dict().items()}
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image as a uint8 HWC array at the encoder's size (cheap to send between workers)."""
@@ -205,7 +226,7 @@ class Encoder(nn.Module):
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels: uint8 (N, H, W, 3) -> float (N, feature_dim)."""
+        """pixels: uint8 (N, H, W, 3) -> float (N, feature_dim) or (N, regions, feature_dim)."""
         if self.session is not None:
             out = self.session.run(None, {"pixels": pixels.cpu().numpy()})[0]
             return torch.from_numpy(out)

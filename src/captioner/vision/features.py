@@ -83,41 +83,49 @@ def extract_features(
     workers: int = 1,
     device: str = "cpu",
     report: Reporter = silent,
+    grid: bool = False,
 ) -> np.ndarray:
-    """Return a read-only (N, D) float16 memmap of pooled features, computing what is missing.
-    Reports ``features`` events (images done / total)."""
+    """Return a read-only float16 memmap of features, computing what is missing: pooled
+    (N, D), or with grid=True (or a grid Encoder) the feature maps (N, regions, D) that
+    attention decoders read. Reports ``features`` events (images done / total)."""
     name = encoder if isinstance(encoder, str) else encoder.spec.name
+    grid = encoder.grid if isinstance(encoder, Encoder) else grid
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(name, images, None if isinstance(encoder, str) else encoder.weights_id)
+    if grid:
+        key = f"grid-{key}"
     final = cache_dir / f"{name}-{key}.npy"
     if final.exists():
         cached = np.load(final, mmap_mode="r")
         report(Event("features", len(cached), len(cached), message=f"features ({name}, cached)"))
         return cached
 
-    enc = encoder if isinstance(encoder, Encoder) else Encoder(name, device)
+    enc = encoder if isinstance(encoder, Encoder) else Encoder(name, device, grid=grid)
     partial = cache_dir / f"{name}-{key}.partial.npy"
     state = cache_dir / f"{name}-{key}.partial.json"
-    done = 0
+    done, out = 0, None  # a new file is shaped by the first batch (grids vary by encoder)
     if partial.exists() and state.exists():
         done = int(json.loads(state.read_text())["done"])
         out = np.lib.format.open_memmap(partial, mode="r+")
-    else:
-        out = np.lib.format.open_memmap(
-            partial, mode="w+", dtype=np.float16, shape=(len(images), enc.spec.feature_dim)
-        )
     todo = _Images(images[done:], enc.spec.image_size)
     loader = DataLoader(todo, batch_size=batch_size, num_workers=workers, collate_fn=stack_pixels)
     label = f"features ({name})"
     report(Event("features", done, len(images), message=label))
     for batch in without_worker_traces(loader):
         feats = enc(batch).cpu().numpy().astype(np.float16)
+        if out is None:
+            out = np.lib.format.open_memmap(
+                partial, mode="w+", dtype=np.float16, shape=(len(images), *feats.shape[1:])
+            )
         out[done : done + len(feats)] = feats
         done += len(feats)
         out.flush()
         write_json(state, {"done": done}, indent=None)
         report(Event("features", done, len(images), message=label))
+    if out is None:  # no images at all
+        dims = (0, enc.spec.feature_dim) if grid else (enc.spec.feature_dim,)
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(0, *dims))
     del out
     os.replace(partial, final)
     state.unlink(missing_ok=True)
