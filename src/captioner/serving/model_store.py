@@ -1,11 +1,15 @@
 """The web app's models on disk: the bundled model, an optional model given with
 `serve --model`, and every bundle under ``state_dir/models``; which one is the saved default;
 loading them once and keeping them. Raises the project's errors (the server maps them to HTTP
-answers) and reads bundles only through storage.bundle."""
+answers) and reads bundles only through storage.bundle.
+
+One bad model folder never breaks the service: it is listed as broken with its error, and a
+default that cannot be loaded falls back to the bundled model (with a logged warning)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import threading
@@ -13,8 +17,10 @@ from pathlib import Path
 
 from ..api import Captioner, default_model_path
 from ..core.atomic import write_json
-from ..core.errors import BundleError, ModelNotFound, ModelProtected
+from ..core.errors import BundleError, CaptionerError, ModelNotFound, ModelProtected
 from ..storage.bundle import read_summary
+
+log = logging.getLogger(__name__)
 
 BUNDLED_ID = "bundled"
 CLI_ID = "custom"  # the model given with `serve --model`
@@ -29,6 +35,9 @@ class ModelStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prefs = Path(prefs)
         self.loaded: dict[str, Captioner] = {}
+        # Load failures, so a broken folder is not re-read on every request; keyed by model id
+        # with the folder's signature (a replaced or repaired folder is tried again).
+        self.failed: dict[str, tuple[tuple, str]] = {}
         self.lock = threading.Lock()
         # `serve --model X` makes X the default of this server run only; the saved default
         # (chosen on the Models page) is left as it is.
@@ -47,14 +56,18 @@ class ModelStore:
         return p
 
     def ids(self) -> list[str]:
-        found = sorted(
-            p.name
-            for p in self.dir.iterdir()
-            if p.is_dir()
-            and _ID.match(p.name)
-            and p.name not in self.fixed
-            and (p / "config.json").is_file()
-        )
+        try:
+            found = sorted(
+                p.name
+                for p in self.dir.iterdir()
+                if p.is_dir()
+                and _ID.match(p.name)
+                and p.name not in self.fixed
+                and (p / "config.json").is_file()
+            )
+        except OSError as exc:  # an unreadable models folder still leaves the fixed models
+            log.warning("cannot list %s: %s", self.dir, exc)
+            found = []
         return [*self.fixed, *found]
 
     def saved_default(self) -> str:
@@ -74,25 +87,92 @@ class ModelStore:
         self.startup_default = None
 
     def get(self, model_id: str | None = None) -> Captioner:
-        model_id = model_id or self.default()
+        """The named model, or the default one (the bundled model if the default is broken)."""
+        return self.resolve(model_id)[1]
+
+    def resolve(self, model_id: str | None = None) -> tuple[str, Captioner]:
+        """(the id of the model that will caption, its Captioner)."""
+        if model_id:
+            return model_id, self._load(model_id)
+        chosen = self.default()
+        try:
+            return chosen, self._load(chosen)
+        except (CaptionerError, OSError) as exc:
+            if chosen == BUNDLED_ID:
+                raise
+            log.warning(
+                "default model %r cannot be loaded, captioning with the bundled model: %s",
+                chosen,
+                exc,
+            )
+            return BUNDLED_ID, self._load(BUNDLED_ID)
+
+    def _signature(self, path: Path) -> tuple:
+        try:
+            st = path.stat()
+            files = sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in path.iterdir())
+            return (st.st_ino, st.st_mtime_ns, tuple(files))
+        except OSError:
+            return ()
+
+    def _load(self, model_id: str) -> Captioner:
         path = self.path(model_id)
         with self.lock:
-            if model_id not in self.loaded:
-                try:
-                    self.loaded[model_id] = Captioner.load(path)
-                except BundleError as exc:
-                    raise BundleError(f"model {model_id} cannot be loaded: {exc}") from None
+            if model_id in self.loaded:
+                return self.loaded[model_id]
+            signature = self._signature(path)
+            failed = self.failed.get(model_id)
+            if failed is not None and failed[0] == signature:
+                raise BundleError(failed[1])
+            try:
+                self.loaded[model_id] = Captioner.load(path)
+            except (CaptionerError, OSError) as exc:
+                message = f"model {model_id} cannot be loaded: {exc}"
+                self.failed[model_id] = (signature, message)
+                raise BundleError(message) from None
+            self.failed.pop(model_id, None)
             return self.loaded[model_id]
 
-    def info(self, model_id: str) -> dict:
-        path = self.path(model_id)
-        summary = read_summary(path)
-        cfg, metrics = summary["config"], summary["metrics"]
-        train = cfg.get("train", {})
+    def health(self) -> dict:
+        """Whether the default model loads (loading it if needed), for /healthz."""
+        chosen = self.default()
+        try:
+            self._load(chosen)
+            return {"default_model": chosen, "default_model_ok": True, "serving_model": chosen}
+        except (CaptionerError, OSError) as exc:
+            error = str(exc)
+        try:  # what resolve() falls back to
+            serving = BUNDLED_ID if chosen != BUNDLED_ID and self._load(BUNDLED_ID) else None
+        except (CaptionerError, OSError):
+            serving = None
         return {
+            "default_model": chosen,
+            "default_model_ok": False,
+            "default_model_error": error,
+            "serving_model": serving,
+        }
+
+    def info(self, model_id: str) -> dict:
+        """What the Models page shows. A model that cannot be read is listed with
+        `broken: true` and its error rather than failing the whole list."""
+        path = self.path(model_id)
+        base = {
             "id": model_id,
             "default": model_id == self.default(),
             "deletable": model_id not in self.fixed,
+            "broken": False,
+            "error": None,
+        }
+        try:
+            summary = read_summary(path)
+        except (CaptionerError, OSError) as exc:
+            return base | {"broken": True, "error": str(exc)}
+        failed = self.failed.get(model_id)  # its weights failed to load earlier
+        if failed is not None and failed[0] == self._signature(path):
+            base |= {"broken": True, "error": failed[1]}
+        cfg, metrics = summary["config"], summary["metrics"]
+        train = cfg.get("train", {}) if isinstance(cfg.get("train"), dict) else {}
+        return base | {
             "encoder": cfg.get("encoder"),
             "model": cfg.get("model"),
             "decoding": cfg.get("decoding"),
@@ -126,6 +206,7 @@ class ModelStore:
         path = self.path(model_id)
         with self.lock:
             self.loaded.pop(model_id, None)
+            self.failed.pop(model_id, None)
         shutil.rmtree(path)
 
     def files(self, model_id: str) -> list[Path]:

@@ -1,0 +1,481 @@
+"""Who may use the server, and how much: the start-up exposure decision, access tokens and the
+login cookie, same-origin and Host checks, request-size caps, JSON sanity, per-client rate
+limits and disk-full answers. One ASGI middleware (`Guard`) applies the request rules before
+any route runs, so a route cannot forget them.
+
+Why each rule exists:
+- Host check: DNS rebinding lets any web page talk to a loopback server under the page's own
+  name; the server answers only to names it is known by (an IP literal cannot be rebound).
+- Origin / Sec-Fetch-Site: a page on another site can POST forms (multipart, urlencoded,
+  text/plain) without CORS; state-changing requests must come from the server's own pages or
+  from non-browser clients (which send neither header).
+- JSON routes refuse other content types (415), so a cross-site "simple" request cannot
+  smuggle JSON in a text/plain body.
+- Body caps are checked on Content-Length first and again on the bytes as they arrive, so a
+  1 GB upload is refused before it is spooled to disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import hmac
+import ipaddress
+import json
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+from fastapi import HTTPException
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+COOKIE = "captioner_session"
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+MULTIPART_ROUTES = {"/api/captions"}
+FORM_ROUTES = {"/login"}
+BODY_REQUIRED = {"/api/jobs"}  # POST without a JSON body is refused (415) before the route
+PAGES = {"/", "/train", "/models"}
+OPEN_PATHS = {"/healthz", "/login", "/logout", "/docs", "/openapi.json"}
+MAX_JSON_DEPTH = 32
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class Exposure:
+    ok: bool
+    message: str  # the notice to print, or why the server refuses to start
+
+
+def check_exposure(
+    host: str,
+    *,
+    token: str | None,
+    insecure: bool,
+    allow_training: bool,
+    public_captioning: bool = False,
+) -> Exposure:
+    """Decide whether `captioner serve` may bind `host`, and say what will be exposed."""
+    if is_loopback(host):
+        return Exposure(
+            True, "reachable from this machine only" + (" (token required)" * bool(token))
+        )
+    where = (
+        "every network interface of this machine"
+        if host in ("0.0.0.0", "::", "")
+        else f"the network address {host}"
+    )
+    if not token and allow_training and not insecure:
+        return Exposure(
+            False,
+            f"refusing to serve on {host} without an access token: anyone who can reach "
+            "it could start training jobs and change or delete models. Set CAPTIONER_TOKEN "
+            "(or --token), or add --disable-training for a caption-only server, or --insecure "
+            "on a network you trust",
+        )
+    if token:
+        captioning = "open to anyone (--public-captioning)" if public_captioning else "token"
+    else:
+        captioning = "open to anyone who can reach it"
+    if not allow_training:
+        changes = "not served (caption-only: no training, no model changes)"
+    elif token:
+        changes = "token (Authorization: Bearer TOKEN, or log in at /login)"
+    else:
+        changes = "OPEN TO ANYONE WHO CAN REACH IT (--insecure)"
+    lines = [
+        f"NOTICE: captioner is reachable from {where}.",
+        f"  captioning:               {captioning}",
+        f"  training and model edits: {changes}",
+        "  always on: same-origin and Host checks (--allowed-host NAME for a DNS name),",
+        "             request-size caps, per-client caption rate limit",
+    ]
+    if token and len(token) < 16:
+        lines.append("  WARNING: the token is short; use 16 or more random characters")
+    if not token or insecure:
+        lines.append(
+            "  Use a token (CAPTIONER_TOKEN) and HTTPS (a reverse proxy) on open networks."
+        )
+    return Exposure(True, "\n".join(lines))
+
+
+def session_value(token: str) -> str:
+    """The login cookie's value: derived from the token (never the token itself), so changing
+    the token logs every browser out."""
+    return hmac.new(token.encode(), b"captioner-session-v1", hashlib.sha256).hexdigest()
+
+
+def split_host(value: str) -> str:
+    """The host part of a Host or Origin netloc, lower-case, without port or trailing dot."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+class RateLimiter:
+    """A token bucket per client: `capacity` images at once, refilled at `per_minute`."""
+
+    def __init__(self, per_minute: float, capacity: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(capacity)
+        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (level, time)
+        self.lock = threading.Lock()
+
+    def _level(self, key: str, now: float) -> float:
+        level, then = self.buckets.get(key, (self.capacity, now))
+        return min(self.capacity, level + (now - then) * self.rate)
+
+    def wait(self, key: str, cost: float = 1.0) -> int:
+        """Seconds until `cost` images fit (0: now), without taking them."""
+        with self.lock:
+            missing = cost - self._level(key, time.monotonic())
+        return 0 if missing <= 0 else max(1, math.ceil(missing / self.rate))
+
+    def take(self, key: str, cost: float) -> int:
+        """Take `cost` images from the bucket and return 0, or return the seconds to wait."""
+        with self.lock:
+            now = time.monotonic()
+            level = self._level(key, now)
+            if level < cost:
+                return max(1, math.ceil((cost - level) / self.rate))
+            self.buckets[key] = (level - cost, now)
+            if len(self.buckets) > 10_000:  # forget clients whose bucket has refilled
+                full = [k for k in self.buckets if self._level(k, now) >= self.capacity]
+                for k in full:
+                    del self.buckets[k]
+            return 0
+
+
+@dataclass
+class Policy:
+    """The request rules a server was started with (built from ServerSettings)."""
+
+    token: str | None = None
+    public_captioning: bool = False
+    bind_host: str = "127.0.0.1"
+    allowed_hosts: Iterable[str] = ()
+    max_request_bytes: int = 256 * 1024 * 1024
+    max_json_bytes: int = 1024 * 1024
+    limiter: RateLimiter | None = None
+    rate_limit_loopback: bool = False
+    hosts: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hosts = {"localhost", "127.0.0.1", "::1"} | {split_host(h) for h in self.allowed_hosts}
+        if self.bind_host not in ("0.0.0.0", "::", ""):
+            self.hosts.add(split_host(self.bind_host))
+
+    def host_allowed(self, host_header: str) -> bool:
+        host = split_host(host_header)
+        # An IP literal cannot be rebound: a page can only use it as its own origin if that
+        # origin is this server.
+        return bool(host) and ("*" in self.hosts or host in self.hosts or _is_ip(host))
+
+    def authorized(self, headers: Headers) -> bool:
+        if not self.token:
+            return True
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return hmac.compare_digest(auth[7:].strip().encode(), self.token.encode())
+        cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE, "")
+        return hmac.compare_digest(cookie.encode(), session_value(self.token).encode())
+
+    def needs_token(self, method: str, path: str) -> bool:
+        if not self.token or path in OPEN_PATHS or path.startswith("/static/"):
+            return False
+        public = (method == "POST" and path == "/api/captions") or (
+            method in SAFE_METHODS and path in ("/", "/api/models")
+        )
+        return not (self.public_captioning and public)
+
+    def rate_limited(self, client: str) -> RateLimiter | None:
+        """The limiter that applies to this client, if any (loopback is exempt by default)."""
+        if self.limiter is None or (is_loopback(client) and not self.rate_limit_loopback):
+            return None
+        return self.limiter
+
+    def too_large(self, limit: int) -> str:
+        if limit == self.max_request_bytes:
+            return (
+                f"request body is larger than {limit / 2**20:g} MB; send fewer files per "
+                "request or start the server with a larger --max-request-mb"
+            )
+        return f"JSON body is larger than {limit // 1024} KB; send only the settings"
+
+
+def cross_origin(headers: Headers) -> str | None:
+    """Why a state-changing request looks cross-origin, or None when it is same-origin or
+    from a non-browser client."""
+    site = headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site is {site}"
+    origin = headers.get("origin")
+    if origin is None:
+        return None
+    parts = urlsplit(origin)
+    if origin == "null" or not parts.netloc:
+        return "Origin is opaque (null)"
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+
+    def norm(netloc: str) -> str:
+        host = split_host(netloc)
+        port = netloc.rsplit(":", 1)[1] if netloc.rsplit(":", 1)[-1].isdigit() else default
+        return f"{host}:{port}"
+
+    if norm(parts.netloc) != norm(headers.get("host", "")):
+        return f"Origin {origin} is not this server"
+    return None
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """True when `exc`, or an error it was raised from, means the disk or quota is full."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True
+        if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+DISK_FULL_DETAIL = (
+    "the server's disk is full (or its quota is used up); nothing was saved. "
+    "Free some space on the server and try again"
+)
+
+
+def json_depth(value: object) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, d = stack.pop()
+        if isinstance(item, dict | list):
+            depth = max(depth, d)
+            if depth > MAX_JSON_DEPTH:
+                return depth
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, d + 1) for c in children)
+    return depth
+
+
+def _media_type(headers: Headers) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+class Guard:
+    """ASGI middleware that applies a Policy to every HTTP request before routing."""
+
+    def __init__(self, app: ASGIApp, policy: Policy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            refusal, rx = await self._check(scope, receive)
+            if isinstance(refusal, tuple):  # (status, detail, headers) or a ready response
+                status, detail, headers = refusal
+                response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
+                await response(scope, receive, send_tracked)
+            elif refusal is not None:
+                await refusal(scope, receive, send_tracked)
+            else:
+                await self.app(scope, rx, send_tracked)
+        except HTTPException as exc:  # a body cap hit outside a route
+            if started:
+                raise
+            await JSONResponse({"detail": exc.detail}, exc.status_code)(scope, receive, send)
+        except Exception as exc:
+            if started or not disk_full(exc):
+                raise
+            await JSONResponse({"detail": DISK_FULL_DETAIL}, 507)(scope, receive, send)
+
+    async def _check(self, scope: Scope, receive: Receive) -> tuple[object, Receive]:
+        """(a refusal or None, the receive callable the app must then use)."""
+        refusal = await self._rules(scope)
+        if refusal is not None:
+            return refusal, receive
+        return await self._body(scope, receive)
+
+    async def _rules(self, scope: Scope) -> object:
+        p = self.policy
+        headers = Headers(scope=scope)
+        method, path = scope["method"], scope["path"]
+        host = headers.get("host", "")
+        # Starlette's in-process TestClient (client "testclient", not an address any network
+        # peer can have) always says Host: testserver.
+        in_process = (scope.get("client") or ("",))[0] == "testclient" and host == "testserver"
+        if not in_process and not p.host_allowed(host):
+            return (
+                421,
+                f"this server does not answer to the name {headers.get('host', '')!r}; if "
+                "that is its real name, start it with --allowed-host NAME",
+                None,
+            )
+        unsafe = method not in SAFE_METHODS
+        if unsafe and (why := cross_origin(headers)):
+            return (
+                403,
+                f"cross-origin request refused ({why}): change data from this server's own "
+                "pages, or from a script or curl (no Origin header)",
+                None,
+            )
+        if p.needs_token(method, path) and not p.authorized(headers):
+            if method in SAFE_METHODS and path in PAGES:
+                return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
+            return (
+                401,
+                "this server needs its access token: send 'Authorization: Bearer TOKEN', "
+                "or log in at /login",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return None
+
+    async def _body(self, scope: Scope, receive: Receive) -> tuple[object, Receive]:
+        p = self.policy
+        headers = Headers(scope=scope)
+        method, path = scope["method"], scope["path"]
+        if method in SAFE_METHODS:
+            return None, receive
+        # What the body must be, and how big it may be.
+        media = _media_type(headers)
+        length_header = headers.get("content-length")
+        has_body = headers.get("transfer-encoding", "").lower() == "chunked" or (
+            length_header not in (None, "", "0")
+        )
+        if path in MULTIPART_ROUTES:
+            kind, limit = "multipart", p.max_request_bytes
+            ok = not has_body or media == "multipart/form-data"
+            want = "multipart/form-data (the photos as 'files' fields)"
+        elif path in FORM_ROUTES:
+            kind, limit = "form", p.max_json_bytes
+            ok = not has_body or media in (
+                "application/x-www-form-urlencoded",
+                "multipart/form-data",
+            )
+            want = "a form (application/x-www-form-urlencoded)"
+        else:
+            kind, limit = "json", p.max_json_bytes
+            needs = has_body or (method == "POST" and path in BODY_REQUIRED)
+            ok = not needs or media == "application/json" or media.endswith("+json")
+            want = "JSON (Content-Type: application/json)"
+        if not ok:
+            return (
+                415,
+                f"send {want}, not {media or 'a body without Content-Type'}",
+                None,
+            ), receive
+        try:
+            if length_header and int(length_header) > limit:
+                return (413, p.too_large(limit), None), receive
+        except ValueError:
+            return (400, "Content-Length is not a number", None), receive
+
+        if kind == "multipart":
+            client = (scope.get("client") or ("", 0))[0]
+            limiter = p.rate_limited(client)
+            if limiter is not None and (wait := limiter.wait(client)):
+                return _rate_limited(wait), receive
+
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, p.too_large(limit))
+            return message
+
+        if kind == "json" and has_body:
+            return await self._check_json(counted)
+        return None, counted
+
+    async def _check_json(self, receive: Receive) -> tuple[object, Receive]:
+        """Read the (small, capped) JSON body, refuse invalid or deeply nested JSON with a 400,
+        then hand the same bytes to the route."""
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            depth = json_depth(json.loads(body)) if body else 0
+        except RecursionError:
+            depth = MAX_JSON_DEPTH + 1
+        except ValueError as exc:
+            return (400, f"the body is not valid JSON: {exc}", None), receive
+        if depth > MAX_JSON_DEPTH:
+            return (
+                400,
+                f"JSON nested deeper than {MAX_JSON_DEPTH} levels is refused",
+                None,
+            ), receive
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return None, replay
+
+
+def _rate_limited(wait: int) -> tuple[int, str, dict]:
+    return (
+        429,
+        f"too many photos from your address; try again in {wait} s "
+        "(the server's --rate-limit sets how many per minute)",
+        {"Retry-After": str(wait)},
+    )
+
+
+def rate_limit_error(wait: int) -> HTTPException:
+    status, detail, headers = _rate_limited(wait)
+    return HTTPException(status, detail, headers=headers)
