@@ -181,24 +181,45 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import os
     import threading
     import webbrowser
 
     import uvicorn
 
+    from .core.errors import ConfigError
+    from .serving.security import check_exposure
     from .serving.server import ServerSettings, create_app
 
+    token = args.token or os.environ.get("CAPTIONER_TOKEN") or None
+    # Decide before anything binds: off loopback, state-changing routes need a token.
+    exposure = check_exposure(
+        args.host,
+        token=token,
+        insecure=args.insecure,
+        allow_training=not args.disable_training,
+        public_captioning=args.public_captioning,
+    )
+    if not exposure.ok:
+        raise ConfigError(exposure.message)
     settings = ServerSettings(
         model=args.model,
         allow_training=not args.disable_training,
         data_roots=args.data_root or [],
         max_upload_mb=args.max_upload_mb,
+        token=token,
+        public_captioning=args.public_captioning,
+        host=args.host,
+        allowed_hosts=args.allowed_host or [],
+        max_request_mb=args.max_request_mb,
+        rate_limit=args.rate_limit,
     )
     if args.state_dir:
         settings.state_dir = args.state_dir
     app = create_app(settings)
     url = f"http://{args.host}:{args.port}/"
     print(f"captioner is serving {url} (training {'off' if args.disable_training else 'on'})")
+    print(exposure.message, flush=True)
     if args.open:
         threading.Timer(1.5, webbrowser.open, (url,)).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -368,6 +389,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="models, jobs and runs (default ~/.local/share/captioner)",
     )
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload (20 MB)")
+    s.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=256.0,
+        help="largest request body, all photos together (256 MB)",
+    )
+    s.add_argument(
+        "--token",
+        default=None,
+        help="access token for training, model changes and captioning (default: the "
+        "CAPTIONER_TOKEN environment variable, which `ps` cannot show); required off loopback "
+        "unless --disable-training or --insecure",
+    )
+    s.add_argument(
+        "--public-captioning",
+        action="store_true",
+        help="with a token, let anyone caption (the token still guards everything else)",
+    )
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="a DNS name the server is reached by (repeatable; requests for other names are "
+        "refused against DNS rebinding; localhost and IP addresses always work)",
+    )
+    s.add_argument(
+        "--rate-limit",
+        type=float,
+        default=120.0,
+        metavar="PER_MIN",
+        help="photos per minute per client address, in bursts of up to max(PER_MIN, 100); "
+        "loopback clients are exempt; 0 turns it off (default 120)",
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve training and model changes off loopback with NO token (trusted networks only)",
+    )
     s.add_argument("--open", action="store_true", help="open the browser")
     s.set_defaults(func=cmd_serve)
 

@@ -3,6 +3,7 @@
 Models are loaded once and kept; captioning runs in a worker thread, one batch at a time (on a
 small CPU, parallel batches only fight over the same cores), so the event loop stays free for
 pages, progress streams and other requests. Training runs in separate processes (jobs.py).
+Access control, request caps and rate limits are applied before routing (security.py).
 """
 
 from __future__ import annotations
@@ -10,20 +11,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import hmac
 import io
 import json
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import DATASET_FORMATS, TrainConfig, make_config, preset_values, presets
+from ..core.csvsafe import safe_row
 from ..core.errors import (
     BundleError,
     CaptionerError,
@@ -37,6 +50,16 @@ from ..vision.images import open_image
 from .batcher import Batcher
 from .jobs import TERMINAL, JobRunner, JobStore
 from .model_store import ModelStore
+from .security import (
+    COOKIE,
+    DISK_FULL_DETAIL,
+    Guard,
+    Policy,
+    RateLimiter,
+    disk_full,
+    rate_limit_error,
+    session_value,
+)
 
 STATIC = Path(__file__).parent / "web"
 
@@ -52,6 +75,18 @@ class ServerSettings:
     data_roots: list[Path] = field(default_factory=list)  # training data must live under one
     max_upload_mb: float = 20.0
     max_files: int = 100
+    # Access control (security.py). With a token, every route but captioning-when-public,
+    # /healthz, /login and static files needs it.
+    token: str | None = None
+    public_captioning: bool = False
+    host: str = "127.0.0.1"  # the address served: one of the names the server answers to
+    allowed_hosts: list[str] = field(default_factory=list)  # more names (DNS rebinding check)
+    max_request_mb: float = 256.0  # a whole request body (several photos)
+    # Photos per minute per client address (token bucket; burst = max(this, max_files)).
+    # 0 turns it off; loopback clients are exempt unless rate_limit_loopback.
+    rate_limit: float = 120.0
+    rate_limit_loopback: bool = False
+    decode_threads: int = 2  # uploads decoded off the event loop, at most this many at once
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -61,10 +96,17 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         settings.state_dir / "models", settings.state_dir / "settings.json", settings.model
     )
     batcher = Batcher()
+    decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="captioner-decode")
+    limiter = (
+        RateLimiter(settings.rate_limit, max(settings.rate_limit, settings.max_files))
+        if settings.rate_limit > 0
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        decoders.shutdown(wait=False, cancel_futures=True)
         runner = getattr(app.state, "runner", None)
         if runner is not None:  # a stopped server stops its jobs; they can be resumed later
             await run_in_threadpool(runner.shutdown)
@@ -79,20 +121,57 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     )
     _add_offline_docs(app)
     app.state.models = models
+    app.state.policy = policy = Policy(
+        token=settings.token or None,
+        public_captioning=settings.public_captioning,
+        bind_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        max_request_bytes=int(settings.max_request_mb * 1024 * 1024),
+        limiter=limiter,
+        rate_limit_loopback=settings.rate_limit_loopback,
+    )
+    app.add_middleware(Guard, policy=policy)
 
     @app.exception_handler(CaptionerError)
     async def _project_error(request: Request, exc: CaptionerError):
+        if disk_full(exc):
+            return JSONResponse({"detail": DISK_FULL_DETAIL}, status_code=507)
         status = next((code for kind, code in STATUS if isinstance(exc, kind)), 400)
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # FastAPI turns any error while parsing a body into "400 error parsing the body";
+        # a full disk while spooling an upload deserves its own answer.
+        if disk_full(exc):
+            return JSONResponse({"detail": DISK_FULL_DETAIL}, status_code=507)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        if disk_full(exc):
+            return JSONResponse({"detail": DISK_FULL_DETAIL}, status_code=507)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); the server log has details"},
+            status_code=500,
+        )
+
     @app.get("/healthz")
-    def healthz() -> dict:
-        return {
-            "status": "ok",
+    async def healthz() -> JSONResponse:
+        """Liveness, plus whether the default model loads (a broken default is replaced by
+        the bundled model for captioning: status "degraded")."""
+        health = await run_in_threadpool(models.health)
+        ok, serving = health["default_model_ok"], health["serving_model"]
+        status = "ok" if ok else "degraded" if serving else "error"
+        body = {
+            "status": status,
             "version": __version__,
             "training": settings.allow_training,
-            "default_model": models.default(),
+            "token_required": bool(settings.token),
+            "public_captioning": settings.public_captioning or not settings.token,
+            **health,
         }
+        return JSONResponse(body, status_code=503 if status == "error" else 200)
 
     @app.post("/api/captions")
     async def captions(
@@ -105,7 +184,12 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         """Caption uploaded photos. Decoding settings not given are the model's own."""
         if len(files) > settings.max_files:
             raise HTTPException(413, f"at most {settings.max_files} files per request")
-        cap = await run_in_threadpool(models.get, model)
+        client = request.client.host if request.client else ""
+        limited = policy.rate_limited(client)
+        if limited is not None and (wait := limited.take(client, len(files))):
+            raise rate_limit_error(wait)
+        model_id, cap = await run_in_threadpool(models.resolve, model)
+        loop = asyncio.get_running_loop()
         decode = cap.decoding.resolve(beam_size=beam_size, length_penalty=length_penalty)
         limit = int(settings.max_upload_mb * 1024 * 1024)
         results: list[dict] = []
@@ -120,9 +204,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                     "resize it or raise --max-upload-mb"
                 )
                 continue
-            try:  # decoding is CPU work: off the event loop
-                image = await run_in_threadpool(
-                    open_image, io.BytesIO(data), cap.encoder.spec.image_size
+            try:  # decoding is CPU work: off the event loop, in a small bounded pool
+                image = await loop.run_in_executor(
+                    decoders, open_image, io.BytesIO(data), cap.encoder.spec.image_size
                 )
                 images.append((len(results) - 1, image))
             except ImageError:
@@ -134,35 +218,40 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         for r in results:
             if r["caption"] is not None:
                 r.pop("error", None)
+        used = {"X-Captioner-Model": model_id}  # the bundled one if the default is broken
         if "text/csv" in request.headers.get("accept", ""):
             buf = io.StringIO()
             w = csv.writer(buf)
             w.writerow(["image", "caption"])
-            w.writerows([r["image"], r["caption"]] for r in results if r["caption"] is not None)
+            w.writerows(
+                safe_row([r["image"], r["caption"]]) for r in results if r["caption"] is not None
+            )
             return Response(
                 buf.getvalue(),
                 media_type="text/csv",
-                headers={"Content-Disposition": 'attachment; filename="captions.csv"'},
+                headers={"Content-Disposition": 'attachment; filename="captions.csv"', **used},
             )
-        return results
+        return JSONResponse(results, headers=used)
 
     @app.get("/api/models")
     def list_models() -> list[dict]:
-        return [models.info(m) for m in models.ids()]
+        return [models.info(m) for m in models.ids()]  # a broken one is listed as broken
 
     @app.get("/api/models/{model_id}")
     def get_model(model_id: str) -> dict:
         return models.info(model_id)
 
-    @app.post("/api/models/{model_id}/default")
-    def make_default(model_id: str) -> dict:
-        models.set_default(model_id)  # loads it first: a broken bundle never becomes default
-        return models.info(model_id)
+    if settings.allow_training:  # caption-only servers change nothing
 
-    @app.delete("/api/models/{model_id}")
-    def delete_model(model_id: str) -> dict:
-        models.delete(model_id)
-        return {"deleted": model_id}
+        @app.post("/api/models/{model_id}/default")
+        def make_default(model_id: str) -> dict:
+            models.set_default(model_id)  # loads it first: a broken bundle never becomes default
+            return models.info(model_id)
+
+        @app.delete("/api/models/{model_id}")
+        def delete_model(model_id: str) -> dict:
+            models.delete(model_id)
+            return {"deleted": model_id}
 
     @app.get("/api/models/{model_id}/download")
     def download_model(model_id: str) -> Response:
@@ -176,6 +265,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="captioner-{model_id}.zip"'},
         )
 
+    _add_login_routes(app, settings)
     if settings.allow_training:
         _add_training_routes(app, settings, models)
 
@@ -207,6 +297,50 @@ def _add_offline_docs(app: FastAPI) -> None:
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon-32x32.png",
         )
+
+
+def _add_login_routes(app: FastAPI, settings: ServerSettings) -> None:
+    """The pages' way to present the token: a form that sets an HttpOnly, SameSite=Strict
+    cookie (the API also takes `Authorization: Bearer TOKEN`)."""
+
+    def safe_next(value: str) -> str:  # only this server's own pages, never another site
+        return value if value.startswith("/") and not value.startswith(("//", "/\\")) else "/"
+
+    @app.get("/login", include_in_schema=False)
+    def login_page() -> Response:
+        if not settings.token:
+            return RedirectResponse("/", status_code=303)
+        return FileResponse(STATIC / "login.html", media_type="text/html")
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        target = safe_next(str(form.get("next") or "/"))
+        if not settings.token:
+            return RedirectResponse(target, status_code=303)
+        given = str(form.get("token") or "").strip()
+        client = request.client.host if request.client else ""
+        limited = app.state.policy.rate_limited(client)
+        if limited is not None and (wait := limited.take("login:" + client, 10)):
+            raise rate_limit_error(wait)  # slows down guessing: 12 tries a minute
+        if not hmac.compare_digest(given.encode(), settings.token.encode()):
+            return RedirectResponse(f"/login?failed=1&next={quote(target)}", status_code=303)
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            COOKIE,
+            session_value(settings.token),
+            max_age=7 * 24 * 3600,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/login" if settings.token else "/", status_code=303)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return response
 
 
 def _page(name: str):
