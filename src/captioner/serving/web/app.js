@@ -1,6 +1,11 @@
 // Shared helpers for the captioner pages (no framework, no CDN).
 export async function api(path, options = {}) {
-  const res = await fetch(path, options);
+  // Same-origin fetches carry the login cookie; a 401 means this server wants its token.
+  const res = await fetch(path, { credentials: "same-origin", ...options });
+  if (res.status === 401) {
+    location.href = `/login?next=${encodeURIComponent(location.pathname)}`;
+    throw new Error("this server needs its access token: log in first");
+  }
   const type = res.headers.get("content-type") || "";
   const body = type.includes("json") ? await res.json() : await res.text();
   if (!res.ok) {
@@ -23,6 +28,13 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// A CSV cell a spreadsheet will not run as a formula (same rule as captioner.core.csvsafe):
+// text starting with =, +, -, @, tab or CR gets a leading apostrophe.
+export function safeCell(value) {
+  const text = value == null ? "" : String(value);
+  return /^[=+\-@\t\r]/.test(text) ? `'${text}` : text;
+}
+
 export function fmtScore(x) { return typeof x === "number" ? x.toFixed(3) : "–"; }
 export function fmtTime(s) {
   if (s == null) return "–";
@@ -33,8 +45,8 @@ export function fmtTime(s) {
 
 export async function fillModels(select) {
   const models = await api("/api/models");
-  select.replaceChildren(...models.map(m => el("option", { value: m.id, selected: m.default },
-    `${m.id}${m.default ? " (default)" : ""}`)));
+  select.replaceChildren(...models.map(m => el("option", { value: m.id, selected: m.default && !m.broken,
+    disabled: m.broken }, `${m.id}${m.default ? " (default)" : ""}${m.broken ? " (broken)" : ""}`)));
   return models;
 }
 

@@ -1,4 +1,4 @@
-import { api, el, fillModels } from "/static/app.js";
+import { api, el, fillModels, safeCell } from "/static/app.js";
 
 const drop = document.getElementById("drop"), input = document.getElementById("files");
 const results = document.getElementById("results"), status = document.getElementById("status");
@@ -71,7 +71,7 @@ drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("
 input.addEventListener("change", () => { addFiles([...input.files]); input.value = ""; });
 
 csvButton.addEventListener("click", () => {
-  const quote = s => `"${String(s).replaceAll('"', '""')}"`;
+  const quote = s => `"${safeCell(s).replaceAll('"', '""')}"`;
   const rows = [["image", "caption"], ...done.filter(r => r.caption).map(r => [r.image, r.caption])];
   const blob = new Blob([rows.map(r => r.map(quote).join(",")).join("\r\n") + "\r\n"], { type: "text/csv" });
   const a = el("a", { href: URL.createObjectURL(blob), download: "captions.csv" });

@@ -9,9 +9,20 @@ async function act(fn, message) {
 
 async function render() {
   const models = await api("/api/models");
+  const training = (await api("/healthz")).training;  // caption-only servers change nothing
   list.replaceChildren(...models.map(m => {
     const s = m.dev_scores || {};
     const id = encodeURIComponent(m.id);
+    const remove = m.deletable && training ? el("button", { type: "button", onclick: () => {
+      if (confirm(`Delete model ${m.id}?`)) act(() => api(`/api/models/${id}`, { method: "DELETE" }), `${m.id} deleted`);
+    } }, "Delete") : "";
+    if (m.broken) {
+      return el("li", { class: "card broken" }, el("div", { class: "body" },
+        el("h2", { style: "font-size:1.1rem;margin:0" }, m.id, m.default ? " (default)" : "", " — broken"),
+        el("p", { class: "error" }, m.error || "this model cannot be loaded"),
+        m.default ? el("p", {}, "Captions use the bundled model until this one is repaired or another is made the default.") : "",
+        el("div", { class: "row" }, remove)));
+    }
     return el("li", { class: "card" }, el("div", { class: "body" },
       el("h2", { style: "font-size:1.1rem;margin:0" }, m.id, m.default ? " (default)" : ""),
       el("table", {}, el("tbody", {},
@@ -23,11 +34,9 @@ async function render() {
         el("tr", {}, el("th", {}, "Training time"), el("td", {}, fmtTime(m.train_seconds))),
         el("tr", {}, el("th", {}, "Size"), el("td", {}, `${(m.size_bytes / 1e6).toFixed(1)} MB`)))),
       el("div", { class: "row" },
-        el("button", { type: "button", disabled: m.default, onclick: () => act(() => api(`/api/models/${id}/default`, { method: "POST" }), `${m.id} is now the default`) }, "Make default"),
+        training ? el("button", { type: "button", disabled: m.default, onclick: () => act(() => api(`/api/models/${id}/default`, { method: "POST" }), `${m.id} is now the default`) }, "Make default") : "",
         el("a", { class: "button", href: `/api/models/${id}/download`, download: "" }, "Download zip"),
-        m.deletable ? el("button", { type: "button", onclick: () => {
-          if (confirm(`Delete model ${m.id}?`)) act(() => api(`/api/models/${id}`, { method: "DELETE" }), `${m.id} deleted`);
-        } }, "Delete") : "")));
+        remove)));
   }));
 }
 
