@@ -124,7 +124,7 @@ def test_models_listing_default_download_and_protection(client):
 
 def test_training_is_confined_to_data_roots(client, tmp_path):
     res = client.post("/api/jobs", json={"dataset_path": str(tmp_path / "elsewhere")})
-    assert res.status_code == 403 and "outside the allowed data folders" in res.json()["detail"]
+    assert res.status_code == 403 and "data folder" in res.json()["detail"]
     res = client.post("/api/jobs", json={"dataset_path": str(client.data_dir), "learning_rate": -1})
     assert res.status_code == 422 and "learning_rate" in res.json()["detail"]
 
@@ -217,3 +217,56 @@ def test_restart_marks_running_jobs_interrupted(tmp_path):
     with TestClient(create_app(ServerSettings(state_dir=tmp_path / "state"))) as c:
         job = c.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "interrupted" and "resume" in job["error"]
+
+
+def test_a_broken_model_is_listed_as_broken_and_the_list_still_works(client):
+    broken = client.app.state.models.dir / "half-copied"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    res = client.get("/api/models")
+    assert res.status_code == 200
+    by_id = {m["id"]: m for m in res.json()}
+    assert not by_id["bundled"]["broken"] and by_id["bundled"]["dev_scores"]["CIDEr"] > 0.3
+    assert by_id["half-copied"]["broken"] and "not valid JSON" in by_id["half-copied"]["error"]
+    one = client.get("/api/models/half-copied")
+    assert one.status_code == 200 and one.json()["broken"]
+
+
+def test_a_corrupt_default_falls_back_to_the_bundled_model(client, photo_dir):
+    import shutil
+
+    from captioner.api import default_model_path
+
+    models = client.app.state.models
+    shutil.copytree(default_model_path(), models.dir / "corrupt")
+    (models.dir / "corrupt" / "model.safetensors").write_bytes(b"\0" * 1000)
+    (models.prefs).write_text('{"default_model": "corrupt"}')
+    res = client.post("/api/captions", files=upload(photo_dir, "coffee.jpg"))
+    assert res.status_code == 200 and len(res.json()[0]["caption"].split()) >= 3
+    assert res.headers["x-captioner-model"] == "bundled"
+    health = client.get("/healthz").json()
+    assert health["status"] == "degraded" and health["default_model"] == "corrupt"
+    assert health["default_model_ok"] is False and "corrupt" in health["default_model_error"]
+    assert health["serving_model"] == "bundled"
+    listed = {m["id"]: m for m in client.get("/api/models").json()}
+    assert listed["corrupt"]["broken"] and "unreadable weights" in listed["corrupt"]["error"]
+    # Asking for the broken model by name is an error that says which model and why.
+    res = client.post(
+        "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"model": "corrupt"}
+    )
+    assert res.status_code == 500 and "corrupt cannot be loaded" in res.json()["detail"]
+
+
+def test_server_csv_cells_cannot_run_as_formulas(client, photo_dir):
+    data = (photo_dir / "coffee.jpg").read_bytes()
+    names = ["=HYPERLINK(1).jpg", "+1.jpg", "-2.jpg", "@SUM.jpg", "plain.jpg"]
+    files = [("files", (n, data, "image/jpeg")) for n in names]
+    res = client.post("/api/captions", files=files, headers={"Accept": "text/csv"})
+    rows = list(csv.reader(io.StringIO(res.text)))
+    assert [r[0] for r in rows[1:]] == [
+        "'=HYPERLINK(1).jpg",
+        "'+1.jpg",
+        "'-2.jpg",
+        "'@SUM.jpg",
+        "plain.jpg",
+    ]
