@@ -15,7 +15,7 @@ from .data.vocab import Vocabulary
 from .decoders.search import beam_search
 from .storage.bundle import load_bundle
 from .vision.encoders import Encoder
-from .vision.images import open_image
+from .vision.images import open_image, pixel_limit
 
 ImageLike = str | Path | Image.Image
 
@@ -27,7 +27,10 @@ def default_model_path() -> Path:
 class Captioner:
     """A loaded encoder + decoder. Load once, caption many times (thread-compatible, no state)."""
 
-    def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, path: Path, device: str | torch.device = "cpu", max_pixels: int | None = None
+    ) -> None:
+        """`max_pixels`: largest image decoded (None: $CAPTIONER_MAX_PIXELS or 120 MP)."""
         self.bundle = load_bundle(path, device)
         try:
             self.encoder = Encoder(self.bundle.encoder, device, state=self.bundle.encoder_state)
@@ -37,11 +40,14 @@ class Captioner:
             ) from None
         self.device = torch.device(device)
         self.path = Path(path)
+        self.max_pixels = None if max_pixels is None else pixel_limit(max_pixels)  # validated
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> Captioner:
+    def load(
+        cls, path: str | Path | None = None, device: str = "cpu", max_pixels: int | None = None
+    ) -> Captioner:
         """Load a model folder; None loads the model bundled with the package."""
-        return cls(Path(path) if path else default_model_path(), device)
+        return cls(Path(path) if path else default_model_path(), device, max_pixels)
 
     @property
     def vocab(self) -> Vocabulary:
@@ -53,10 +59,11 @@ class Captioner:
         return self.bundle.decoding
 
     def open(self, image: ImageLike) -> Image.Image:
-        """A path or PIL image as an RGB PIL image (decoded at reduced scale when possible)."""
+        """A path or PIL image as an RGB PIL image (decoded at reduced scale when possible;
+        ImageTooLarge above `max_pixels`)."""
         if isinstance(image, Image.Image):
             return image
-        return open_image(image, self.encoder.spec.image_size)
+        return open_image(image, self.encoder.spec.image_size, self.max_pixels)
 
     def caption(
         self,
