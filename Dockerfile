@@ -1,5 +1,9 @@
 # Caption-only public app on port 8000, as a non-root user.
 #   docker build -t captioner . && docker run -p 8000:8000 captioner
+# Caption-only needs no token (nothing can change state); it answers to localhost and IP
+# addresses: reached by a DNS name, add `--allowed-host NAME` to the command. With training:
+#   docker run -p 8000:8000 -e CAPTIONER_TOKEN=$(openssl rand -hex 16) captioner \
+#     captioner serve --host 0.0.0.0 --port 8000 --data-root /data
 FROM python:3.11-slim
 ENV PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 # CPU-only PyTorch keeps the image small (the default wheel bundles CUDA).
