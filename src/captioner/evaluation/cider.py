@@ -1,0 +1,212 @@
+"""Fast CIDEr-D with document frequencies computed once, for self-critical (SCST) rewards.
+
+The numbers are pycocoevalcap's `cider_scorer.py` (n-grams 1..4; tf-idf weights
+tf * (log(#images) - log(max(1, df))); cosine similarity per n-gram order with the candidate's
+weights clipped by the reference's; the Gaussian length penalty with sigma 6, where "length" is
+the number of bigrams, as in that code; mean over the references and over n; x10). What
+differs is when the work is done: pycocoevalcap recomputes the df table and every reference's
+vector on each call, from the references of the images in that call. `CiderD` computes both
+once for a fixed reference corpus (e.g. the training captions), so scoring a batch of sampled
+captions only counts the candidates' n-grams and looks the references up.
+
+Corpus mode (`corpus_score`, df from the same references, one candidate per image) gives
+pycocoevalcap's `Cider().compute_score` to ~1e-12.
+
+Tokens: any hashable tokens, the same kind for references and candidates -- words from
+`captioner.data.vocab.tokenize` (lower-case words, punctuation dropped; the official PTB
+tokenizer splits a few things differently, e.g. "don't"), or vocabulary ids for SCST, with
+<start>/<end>/<pad> removed by the caller (see `until_end`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, _count_elements
+from collections.abc import Hashable, Iterable, Sequence
+from itertools import chain, repeat
+
+import numpy as np
+
+from ..core.errors import ScoringError
+
+Tokens = Sequence[Hashable]
+
+
+def _as_list(tokens: Iterable[Hashable]) -> list:
+    # numpy arrays and torch tensors become plain ints (hash-equal to the ints of the refs).
+    return tokens.tolist() if hasattr(tokens, "tolist") else list(tokens)
+
+
+def ngram_counts(tokens: Tokens, n: int = 4) -> dict[tuple, int]:
+    """Counts of every 1..n-gram of one token sequence (the n-gram is a tuple of tokens)."""
+    words = _as_list(tokens)
+    shifted = [words[i:] for i in range(n)]
+    counts: dict[tuple, int] = {}
+    for k in range(1, n + 1):
+        # zip over shifted copies builds the k-grams and _count_elements counts them, in C
+        # (3x faster than a Python loop; this is most of the time of CiderD.score).
+        _count_elements(counts, zip(*shifted[:k], strict=False))
+    return counts
+
+
+def until_end(rows: Iterable[Iterable[int]], end_id: int, pad_id: int = 0) -> list[list[int]]:
+    """Token-id rows (e.g. sampled captions, without <start>) cut at the first <end>, pads
+    dropped: what `CiderD` expects when it is given vocabulary ids."""
+    out = []
+    for row in rows:
+        ids = []
+        for t in _as_list(row):
+            if t == end_id:
+                break
+            if t != pad_id:
+                ids.append(t)
+        out.append(ids)
+    return out
+
+
+class CiderD:
+    """CIDEr-D against a fixed reference corpus, with df and reference vectors precomputed.
+
+    references[i] holds image i's reference captions, each a token sequence. The df table
+    (in how many images' reference sets each n-gram occurs) and log(len(references)) come
+    from these references, as in pycocoevalcap's corpus mode over the same images.
+
+        cider = CiderD(train_refs)                   # once: ~15k references/s
+        rewards = cider.score(sampled, image_index)  # per batch: (N,) float64
+    """
+
+    def __init__(
+        self, references: Sequence[Sequence[Tokens]], n: int = 4, sigma: float = 6.0
+    ) -> None:
+        if not references:
+            raise ScoringError("CiderD needs at least one image's references")
+        self.n, self.sigma = n, float(sigma)
+        self.num_images = len(references)
+        self.log_images = float(np.log(float(self.num_images)))
+
+        # Each reference's n-gram counts, and df over images (an n-gram counts once per image).
+        ref_counts: list[dict[tuple, int]] = []
+        df_counts: Counter[tuple] = Counter()
+        ref_start = np.zeros(self.num_images + 1, dtype=np.int64)
+        for i, refs in enumerate(references):
+            if len(refs) == 0:
+                raise ScoringError(f"image {i} has no references; every image needs at least one")
+            counts = [ngram_counts(ref, n) for ref in refs]
+            ref_counts.extend(counts)
+            df_counts.update(set().union(*counts))
+            ref_start[i + 1] = len(ref_counts)
+        self._ids: dict[tuple, int] = {g: i for i, g in enumerate(df_counts)}
+        self._df = np.fromiter(df_counts.values(), np.int64, len(df_counts))
+        self._ref_start = ref_start
+        # idf weight of every known n-gram: log(#images) - log(max(1, df)).
+        self._idf = self.log_images - np.log(np.maximum(self._df.astype(np.float64), 1.0))
+        self._idf_or_unseen = np.append(self._idf, self.log_images)
+
+        # Every reference's tf-idf vector as sorted (ref * G + gid) keys -> weights, plus
+        # per-order norms and bigram counts ("length", as pycocoevalcap measures it).
+        num_refs = len(ref_counts)
+        self._num_ngrams = len(df_counts)
+        owner, gids, orders, tfs = self._flatten(ref_counts)
+        weights = tfs * self._idf[gids]
+        self._ref_norms = np.sqrt(
+            np.bincount(owner * n + orders, weights=weights * weights, minlength=num_refs * n)
+        ).reshape(num_refs, n)
+        self._ref_lengths = np.bincount(
+            owner, weights=np.where(orders == 1, tfs, 0.0), minlength=num_refs
+        )
+        key = owner * self._num_ngrams + gids
+        sort = np.argsort(key)
+        self._keys, self._weights = key[sort], weights[sort]
+        self.num_references = num_refs
+
+    def _flatten(
+        self, counts: Sequence[dict[tuple, int]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every distinct n-gram of each count table as flat arrays: owner (index into
+        counts), global n-gram id (-1 when unseen in the references), order (0-based), tf."""
+        get = self._ids.get
+        sizes = np.fromiter(map(len, counts), np.int64, len(counts))
+        total = int(sizes.sum())
+        grams = list(chain.from_iterable(counts))
+        owner = np.repeat(np.arange(len(counts), dtype=np.int64), sizes)
+        gids = np.fromiter(map(get, grams, repeat(-1)), np.int64, total)
+        orders = np.fromiter(map(len, grams), np.int64, total) - 1
+        tfs = np.fromiter(chain.from_iterable(c.values() for c in counts), np.float64, total)
+        return owner, gids, orders, tfs
+
+    def df(self, ngram: Sequence[Hashable]) -> int:
+        """Document frequency of one n-gram (0 when unseen)."""
+        gid = self._ids.get(tuple(_as_list(ngram)))
+        return 0 if gid is None else int(self._df[gid])
+
+    def score(self, candidates: Sequence[Tokens], refs_index: Sequence[int]) -> np.ndarray:
+        """CIDEr-D of candidates[j] against the references of image refs_index[j]: (N,)."""
+        refs_index = np.asarray(refs_index, dtype=np.int64).reshape(-1)
+        if len(candidates) != len(refs_index):
+            raise ScoringError(
+                f"{len(candidates)} candidates but {len(refs_index)} reference indices"
+            )
+        num = len(candidates)
+        if num == 0:
+            return np.zeros(0, dtype=np.float64)
+        if refs_index.min() < 0 or refs_index.max() >= self.num_images:
+            raise ScoringError(
+                f"reference index out of range 0..{self.num_images - 1}: "
+                f"{int(refs_index.min())}..{int(refs_index.max())}"
+            )
+        n = self.n
+        # The candidates' distinct n-grams, flattened.
+        owner_a, gid_a, order_a, tf = self._flatten([ngram_counts(c, n) for c in candidates])
+        lengths = np.bincount(owner_a, weights=np.where(order_a == 1, tf, 0.0), minlength=num)
+        # Unseen n-grams have df 0 -> idf log(#images), as pycocoevalcap's log(max(1, 0)).
+        wc = tf * self._idf_or_unseen[gid_a]  # gid -1 picks the last entry
+        cand_norms = np.sqrt(
+            np.bincount(owner_a * n + order_a, weights=wc * wc, minlength=num * n)
+        ).reshape(num, n)
+
+        # Pair every known candidate n-gram with every reference of its image.
+        first = self._ref_start[refs_index]
+        nrefs = self._ref_start[refs_index + 1] - first
+        max_refs = int(nrefs.max())
+        known = gid_a >= 0
+        e_owner, e_order, e_gid, e_w = owner_a[known], order_a[known], gid_a[known], wc[known]
+        reps = nrefs[e_owner]
+        p_entry = np.repeat(np.arange(len(e_owner)), reps)
+        starts = np.cumsum(reps) - reps
+        p_local = np.arange(len(p_entry)) - np.repeat(starts, reps)  # which ref of the image
+        p_owner = e_owner[p_entry]
+        p_ref = first[p_owner] + p_local
+        key = p_ref * self._num_ngrams + e_gid[p_entry]
+        if len(self._keys):
+            pos = np.minimum(np.searchsorted(self._keys, key), len(self._keys) - 1)
+            wr = np.where(self._keys[pos] == key, self._weights[pos], 0.0)
+        else:  # every reference is empty
+            wr = np.zeros(len(key))
+        wcp = e_w[p_entry]
+        contrib = np.minimum(wcp, wr) * wr
+        flat = (p_owner * max_refs + p_local) * n + e_order[p_entry]
+        val = np.bincount(flat, weights=contrib, minlength=num * max_refs * n).reshape(
+            num, max_refs, n
+        )
+
+        # Cosine (only where both norms are non-zero), length penalty, masks for short sets.
+        local = np.arange(max_refs)
+        valid = local[None, :] < nrefs[:, None]
+        ref_ids = np.where(valid, first[:, None] + local[None, :], 0)
+        rn = self._ref_norms[ref_ids]  # (N, R, n)
+        denom = cand_norms[:, None, :] * rn
+        val = np.where(denom != 0, val / np.where(denom != 0, denom, 1.0), val)
+        delta = lengths[:, None] - self._ref_lengths[ref_ids]
+        val *= np.exp(-(delta**2) / (2 * self.sigma**2))[:, :, None]
+        val *= valid[:, :, None]
+        return val.sum(axis=1).mean(axis=1) / nrefs * 10.0
+
+    def corpus_score(self, candidates: Sequence[Tokens]) -> tuple[float, np.ndarray]:
+        """One candidate per image, in the references' order: (mean, per-image scores), as
+        pycocoevalcap's `Cider().compute_score` returns them for the same images."""
+        if len(candidates) != self.num_images:
+            raise ScoringError(
+                f"corpus_score needs one candidate per image: got {len(candidates)} for "
+                f"{self.num_images} images"
+            )
+        scores = self.score(candidates, np.arange(self.num_images))
+        return float(scores.mean()), scores
