@@ -40,10 +40,63 @@ def find_images(paths: list[str]) -> tuple[list[Path], list[str]]:
     return found, problems
 
 
+class _PartialCsv:
+    """`captioner caption --csv FILE`: rows go to a temp file beside FILE as they are produced;
+    `keep()` renames it to FILE (at the end, or on Ctrl-C with the rows done so far), `drop()`
+    deletes it and leaves FILE as it was."""
+
+    def __init__(self, path: Path) -> None:
+        import tempfile
+
+        from .core.errors import ConfigError
+
+        self.path, self.rows = path, 0
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise ConfigError(
+                f"--csv {path}: cannot write there ({exc.strerror}); choose another file"
+            ) from None
+        self.tmp = Path(tmp)
+        self.fh = open(fd, "w", newline="", encoding="utf-8")  # noqa: SIM115 (keep or drop closes it)
+        self.writer = csv.writer(self.fh)
+        self.writer.writerow(["image", "caption"])
+
+    def write(self, image: str, caption: str) -> None:
+        from .core.csvsafe import safe_row
+
+        self.writer.writerow(safe_row([image, caption]))  # file names are user input
+        self.fh.flush()
+        self.rows += 1
+
+    def keep(self) -> None:
+        import os
+
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.tmp, 0o666 & ~mask)  # mkstemp makes 0600; a report is an ordinary file
+        os.replace(self.tmp, self.path)
+
+    def drop(self) -> None:
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
+    import warnings
+
+    from PIL import Image
+
     from . import Captioner
     from .core.errors import ImageError
+    from .vision.images import pixel_limit
 
+    pixel_limit(args.max_pixels)  # a bad CAPTIONER_MAX_PIXELS fails now, not per image
+    # open_image reports an over-limit image itself, with the fix; PIL's warning is noise.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     images, problems = find_images(args.paths)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)
@@ -53,34 +106,45 @@ def cmd_caption(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    cap = Captioner.load(args.model)
-    decode = cap.decoding.resolve(beam_size=args.beam_size, length_penalty=args.length_penalty)
-    rows: list[tuple[str, str]] = []
+    out = _PartialCsv(args.csv) if args.csv else None
     failed = len(problems)
-    for i in range(0, len(images), args.batch_size):
-        chunk = images[i : i + args.batch_size]
-        try:
-            pairs = list(zip(chunk, cap.caption(chunk, decode=decode), strict=True))
-        except ImageError:
-            pairs = []  # one bad file in the batch: retry one by one to isolate it
-            for path in chunk:
-                try:
-                    pairs.append((path, cap.caption([path], decode=decode)[0]))
-                except ImageError as exc:
-                    failed += 1
-                    print(f"error: {exc}", file=sys.stderr)
-        for path, caption in pairs:
-            rows.append((str(path), caption))
-            if not args.csv:
-                print(f"{path}\t{caption}", flush=True)
-    if args.csv:
-        from .core.atomic import atomic_write
-
-        with atomic_write(args.csv, newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["image", "caption"])
-            writer.writerows(rows)
-        print(f"wrote {len(rows)} captions to {args.csv}", file=sys.stderr)
+    try:
+        cap = Captioner.load(args.model, max_pixels=args.max_pixels)
+        decode = cap.decoding.resolve(beam_size=args.beam_size, length_penalty=args.length_penalty)
+        for i in range(0, len(images), args.batch_size):
+            chunk = images[i : i + args.batch_size]
+            try:
+                pairs = list(zip(chunk, cap.caption(chunk, decode=decode), strict=True))
+            except ImageError:
+                pairs = []  # one bad file in the batch: retry one by one to isolate it
+                for path in chunk:
+                    try:
+                        pairs.append((path, cap.caption([path], decode=decode)[0]))
+                    except ImageError as exc:
+                        failed += 1
+                        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+            for path, caption in pairs:
+                if out:
+                    out.write(str(path), caption)
+                else:
+                    print(f"{path}\t{caption}", flush=True)
+    except KeyboardInterrupt:
+        if out:
+            out.keep()
+            print(
+                f"interrupted: kept the {out.rows} captions done so far in {out.path}",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted", file=sys.stderr)
+        return 130
+    except BaseException:
+        if out:
+            out.drop()
+        raise
+    if out:
+        out.keep()
+        print(f"wrote {out.rows} captions to {out.path}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -277,9 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="beam length normalisation (default: the model's)",
     )
-    c.add_argument("--csv", type=Path, default=None, help="write image,caption rows to this CSV")
+    c.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="write image,caption rows to this CSV (Ctrl-C keeps the rows done so far)",
+    )
     c.add_argument(
         "--batch-size", type=positive_int, default=16, help="images per batch (default 16)"
+    )
+    c.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=None,
+        help="largest image to decode, in pixels, checked before decoding "
+        "(default: $CAPTIONER_MAX_PIXELS, else 120000000)",
     )
     c.set_defaults(func=cmd_caption)
 

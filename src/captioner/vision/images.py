@@ -117,9 +117,9 @@ def _match_pil_limit(limit: int) -> None:
 
 def _too_large(name: object, limit: int, pixels: int, what: str) -> ImageTooLarge:
     return ImageTooLarge(
-        f"{name}: {what} ({pixels / 1e6:.0f} MP) is more than the limit of "
-        f"{limit / 1e6:g} MP; to decode it anyway set {MAX_PIXELS_ENV}={pixels} "
-        "(or pass max_pixels)"
+        f"{name}: {what} ({pixels / 1e6:,.1f} MP) is over the limit of {limit:,} pixels; "
+        f"to decode it anyway, raise the limit to {pixels} with {MAX_PIXELS_ENV} "
+        "(or --max-pixels, or max_pixels=)"
     )
 
 
