@@ -331,3 +331,57 @@ def test_disk_full_is_a_507_and_leaves_no_partial_file(tmp_path, photo_dir, monk
         monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", FullSpool)
         res = c.post("/api/captions", files=[photo(photo_dir)])
         assert res.status_code == 507 and "disk is full" in res.json()["detail"]
+
+
+# -- the login flow in a real browser ------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed")
+def test_login_flow_in_chromium(tmp_path):
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    app = create_app(ServerSettings(state_dir=tmp_path / "state", token=TOKEN))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(base + "/models")
+            assert page.url == base + "/login?next=/models"
+            page.fill("#token", "wrong")
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "failed=1" in url)
+            assert "not right" in page.locator("#status").inner_text()
+            page.fill("#token", TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_url(base + "/models")
+            page.wait_for_selector("#models .card")  # the page's fetch calls carry the cookie
+            assert "bundled" in page.locator("#models").inner_text()
+            (cookie,) = context.cookies()
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert cookie["value"] == session_value(TOKEN)
+            # Logged out, an API call from the page (a 401) sends the user to the login form.
+            context.clear_cookies()
+            page.evaluate("import('/static/app.js').then(m => m.api('/api/models')).catch(() => 0)")
+            page.wait_for_url(lambda url: url == base + "/login?next=%2Fmodels")
+            page.goto(base + "/")
+            page.wait_for_url(lambda url: "/login?next=" in url)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
