@@ -4,14 +4,21 @@ The cache key hashes the encoder (name, weights, input size, preprocessing versi
 image's path, size and modification time, so changing any of them can never reuse stale
 features. Extraction writes chunks into a ``.partial.npy`` and records progress beside it, so an
 interrupted run resumes where it stopped; the finished file appears by atomic rename.
+
+Several processes may ask for the same features at once (two training jobs on one new
+dataset): one writer holds an exclusive lock (flock on ``<key>.lock``) while it extracts; the
+others wait, then read the finished file. The kernel drops the lock when its holder dies, so a
+waiter then resumes the dead writer's partial file. (Without fcntl, on Windows, extraction is
+not locked.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +32,11 @@ from ..core.progress import Event, Reporter, silent
 from .encoders import Encoder
 from .images import open_image, to_pixels
 from .registry import get_spec
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 PREPROCESS_VERSION = 1  # bump when resize/crop/normalisation changes
 
@@ -70,6 +82,29 @@ def without_worker_traces(loader: Iterable) -> Iterator:
         yield batch
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing and never deleted: a waiter may
+    hold it open); `on_wait` is called once if another process holds it first."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _cached(final: Path, name: str, report: Reporter) -> np.ndarray:
+    cached = np.load(final, mmap_mode="r")
+    report(Event("features", len(cached), len(cached), message=f"features ({name}, cached)"))
+    return cached
+
+
 def stack_pixels(batch: list[np.ndarray]) -> torch.Tensor:
     """DataLoader collate function: uint8 HWC arrays -> one (N, H, W, 3) tensor."""
     return torch.from_numpy(np.stack(batch))
@@ -97,13 +132,34 @@ def extract_features(
         key = f"grid-{key}"
     final = cache_dir / f"{name}-{key}.npy"
     if final.exists():
-        cached = np.load(final, mmap_mode="r")
-        report(Event("features", len(cached), len(cached), message=f"features ({name}, cached)"))
-        return cached
+        return _cached(final, name, report)
 
+    def waiting() -> None:
+        message = f"features ({name}): waiting for another process extracting the same images"
+        report(Event("features", 0, len(images), message=message))
+
+    with _exclusive(final.with_suffix(".lock"), waiting):
+        if final.exists():  # another process extracted them while this one waited
+            return _cached(final, name, report)
+        _extract(images, encoder, name, grid, device, final, batch_size, workers, report)
+    return np.load(final, mmap_mode="r")
+
+
+def _extract(
+    images: list[Path],
+    encoder: str | Encoder,
+    name: str,
+    grid: bool,
+    device: str,
+    final: Path,
+    batch_size: int,
+    workers: int,
+    report: Reporter,
+) -> None:
+    """Fill (or resume) the partial file, then rename it to `final`; the caller holds the lock."""
     enc = encoder if isinstance(encoder, Encoder) else Encoder(name, device, grid=grid)
-    partial = cache_dir / f"{name}-{key}.partial.npy"
-    state = cache_dir / f"{name}-{key}.partial.json"
+    partial = final.with_name(f"{final.stem}.partial.npy")
+    state = final.with_name(f"{final.stem}.partial.json")
     done, out = 0, None  # a new file is shaped by the first batch (grids vary by encoder)
     if partial.exists() and state.exists():
         done = int(json.loads(state.read_text())["done"])
@@ -129,4 +185,3 @@ def extract_features(
     del out
     os.replace(partial, final)
     state.unlink(missing_ok=True)
-    return np.load(final, mmap_mode="r")
