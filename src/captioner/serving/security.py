@@ -82,9 +82,8 @@ def check_exposure(
 ) -> Exposure:
     """Decide whether `captioner serve` may bind `host`, and say what will be exposed."""
     if is_loopback(host):
-        return Exposure(
-            True, "reachable from this machine only" + (" (token required)" * bool(token))
-        )
+        note = "; the token guards it" if token else "; no token needed"
+        return Exposure(True, f"  only this machine can reach it{note}")
     where = (
         "every network interface of this machine"
         if host in ("0.0.0.0", "::", "")
