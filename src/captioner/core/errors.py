@@ -60,3 +60,7 @@ class DataPathError(CaptionerError, PermissionError):
 class ImageTooLarge(ImageError):
     """An image has more pixels than the decoding limit (CAPTIONER_MAX_PIXELS); checked from
     the file's header, before anything is decoded."""
+
+
+class NoClassHead(CaptionerError, LookupError):
+    """The encoder has no ImageNet classifier head, so it cannot name classes in an image."""
