@@ -106,6 +106,8 @@ def test_head_matches_the_full_network(photo_dir: Path, lite0):
     with torch.no_grad():
         want = net.eval()(x)
     torch.testing.assert_close(head(encoder(pixels)), want, rtol=0, atol=1e-4)
+    by_hand = encoder(pixels) @ head.weight.T + head.bias  # what a decoder can hold as buffers
+    torch.testing.assert_close(by_hand, want, rtol=0, atol=1e-4)
     assert class_head("efficientnet_lite2").fc.weight.shape == (1000, 1280)
 
 

@@ -41,6 +41,16 @@ class ClassHead(nn.Module):
         if weight.shape[0] != len(self.names):
             raise ValueError(f"head has {weight.shape[0]} classes, not {len(self.names)}")
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """(1000, D) float32, frozen: logits = pooled @ weight.T + bias."""
+        return self.fc.weight
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """(1000,) float32, frozen."""
+        return self.fc.bias
+
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """(N, D) pooled features (any float dtype, e.g. the fp16 feature cache) -> logits."""
         return self.fc(pooled.to(self.fc.weight.dtype))
