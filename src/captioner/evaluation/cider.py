@@ -20,7 +20,7 @@ tokenizer splits a few things differently, e.g. "don't"), or vocabulary ids for 
 
 from __future__ import annotations
 
-from collections import Counter, _count_elements
+from collections import _count_elements
 from collections.abc import Hashable, Iterable, Sequence
 from itertools import chain, repeat
 
@@ -83,19 +83,29 @@ class CiderD:
         self.num_images = len(references)
         self.log_images = float(np.log(float(self.num_images)))
 
-        # Each reference's n-gram counts, and df over images (an n-gram counts once per image).
-        ref_counts: list[dict[tuple, int]] = []
-        df_counts: Counter[tuple] = Counter()
+        # One pass over the images: give each new n-gram an id, keep every reference's
+        # n-grams as compact arrays (a dict per reference would need ~10x the memory on COCO),
+        # and each image's distinct n-grams for df (an n-gram counts once per image).
+        self._ids: dict[tuple, int] = {}
+        ids = self._ids
+        gid_parts, order_parts, tf_parts, image_parts, sizes = [], [], [], [], []
         ref_start = np.zeros(self.num_images + 1, dtype=np.int64)
         for i, refs in enumerate(references):
             if len(refs) == 0:
                 raise ScoringError(f"image {i} has no references; every image needs at least one")
             counts = [ngram_counts(ref, n) for ref in refs]
-            ref_counts.extend(counts)
-            df_counts.update(set().union(*counts))
-            ref_start[i + 1] = len(ref_counts)
-        self._ids: dict[tuple, int] = {g: i for i, g in enumerate(df_counts)}
-        self._df = np.fromiter(df_counts.values(), np.int64, len(df_counts))
+            for g in chain.from_iterable(counts):
+                if g not in ids:
+                    ids[g] = len(ids)
+            _, gids, orders, tfs = self._flatten(counts)
+            gid_parts.append(gids.astype(np.int32))
+            order_parts.append(orders.astype(np.int8))
+            tf_parts.append(tfs.astype(np.float32))  # small integer counts: exact
+            image_parts.append(np.unique(gid_parts[-1]))
+            sizes.extend(map(len, counts))
+            ref_start[i + 1] = len(sizes)
+        self._num_ngrams = len(self._ids)
+        self._df = np.bincount(np.concatenate(image_parts), minlength=self._num_ngrams)
         self._ref_start = ref_start
         # idf weight of every known n-gram: log(#images) - log(max(1, df)).
         self._idf = self.log_images - np.log(np.maximum(self._df.astype(np.float64), 1.0))
@@ -103,9 +113,12 @@ class CiderD:
 
         # Every reference's tf-idf vector as sorted (ref * G + gid) keys -> weights, plus
         # per-order norms and bigram counts ("length", as pycocoevalcap measures it).
-        num_refs = len(ref_counts)
-        self._num_ngrams = len(df_counts)
-        owner, gids, orders, tfs = self._flatten(ref_counts)
+        num_refs = len(sizes)
+        owner = np.repeat(np.arange(num_refs, dtype=np.int64), sizes)
+        gids = np.concatenate(gid_parts).astype(np.int64)
+        orders = np.concatenate(order_parts).astype(np.int64)
+        tfs = np.concatenate(tf_parts).astype(np.float64)
+        del gid_parts, order_parts, tf_parts, image_parts
         weights = tfs * self._idf[gids]
         self._ref_norms = np.sqrt(
             np.bincount(owner * n + orders, weights=weights * weights, minlength=num_refs * n)
