@@ -88,15 +88,14 @@ class _PartialCsv:
 def cmd_caption(args: argparse.Namespace) -> int:
     import warnings
 
-    from PIL import Image
-
     from . import Captioner
     from .core.errors import ImageError
     from .vision.images import pixel_limit
 
     pixel_limit(args.max_pixels)  # a bad CAPTIONER_MAX_PIXELS fails now, not per image
-    # open_image reports an over-limit image itself, with the fix; PIL's warning is noise.
-    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # PIL's warnings (bomb size, corrupt EXIF) are noise here: open_image either copes with
+    # the file or says in one line what is wrong with it and how to fix it.
+    warnings.filterwarnings("ignore", module=r"PIL\.")
     images, problems = find_images(args.paths)
     for msg in problems:
         print(f"error: {msg}", file=sys.stderr)

@@ -19,6 +19,7 @@ decoded file's geometry travels in `image.info` so the resize maps onto it exact
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
@@ -42,6 +43,9 @@ MAX_ASPECT = 4  # a longer side beyond 4x the short one is cut (only the centre 
 
 # What PIL raises for files it cannot decode (truncated, not an image, corrupt data).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
+
+_TRIM_PIXELS = 16_000_000  # after decoding this many pixels, give freed memory back
+_LIBC: object = None  # glibc's malloc_trim, False where there is none
 
 _SOURCE = "captioner.source"  # info key: (w, h, x0, y0, fx, fy) of the decoded file
 _TRANSPOSE = {
@@ -89,14 +93,19 @@ def open_image(
     limit = pixel_limit(max_pixels)
     name = path if isinstance(path, (str, Path)) else getattr(path, "name", "image")
     _match_pil_limit(limit)
+    decoded = 0
     try:
         with Image.open(path) as im:  # reads the header only
-            w, h = im.size
-            if w * h > limit:
-                raise _too_large(name, limit, w * h, f"{w}x{h} pixels")
-            im.draft("RGB", (size * 2, size * 2))  # JPEG only: decode at 1/2..1/8 scale
-            im.load()  # the first frame of an animation
-            return _normalise(im, size)
+            try:
+                w, h = im.size
+                if w * h > limit:
+                    raise _too_large(name, limit, w * h, f"{w}x{h} pixels")
+                im.draft("RGB", (size * 2, size * 2))  # JPEG only: decode at 1/2..1/8 scale
+                decoded = im.width * im.height
+                im.load()  # the first frame of an animation
+                return _normalise(im, size)
+            finally:
+                im.close()  # frees the full-size pixels now, not at garbage collection
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:  # PIL's own check: frames, tiles, > 2x limit
@@ -105,6 +114,22 @@ def open_image(
         raise _too_large(name, limit, pixels, f"{pixels} pixels") from None
     except DECODE_ERRORS as exc:
         raise ImageError(f"{name}: cannot read image ({exc})") from None
+    finally:
+        if decoded >= _TRIM_PIXELS:
+            _trim_heap()
+
+
+def _trim_heap() -> None:
+    # glibc keeps a freed big image in the decoding thread's malloc arena, so every thread of a
+    # server's decode pool would hold its largest image's worth of RSS for good; hand it back.
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc: nothing to do
+            _LIBC = False
+    if _LIBC:
+        _LIBC(0)
 
 
 def _match_pil_limit(limit: int) -> None:
@@ -178,7 +203,7 @@ def _wide_to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
     a = np.nan_to_num(a)
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if mode == "I" and lo >= 0 and hi <= 65535:
-        a = a / 257
+        a = np.floor(a / 256)  # the high byte, as for "I;16"
     elif mode == "F" and lo >= 0 and hi <= 1:
         a = a * 255
     elif lo < 0 or hi > 255:  # unknown range: stretch what is there
