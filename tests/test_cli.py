@@ -132,3 +132,39 @@ def test_bad_input_gives_a_clear_error(args, message, tmp_path):
     res = run(*args, cwd=tmp_path)
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_caption_csv_is_formula_safe_and_ctrl_c_keeps_the_rows_done(photo_dir, tmp_path):
+    import shutil
+    import signal
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):  # enough that Ctrl-C lands mid-run
+        shutil.copy(photo_dir / "coffee.jpg", folder / f"{i:02d}.jpg")
+    formula = folder / "=HYPERLINK(1).jpg"
+    shutil.copy(photo_dir / "chelsea.jpg", formula)
+    out = tmp_path / "out.csv"
+    args = ["caption", formula.name, str(folder), "--batch-size", "1", "--csv", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "captioner", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=folder,
+    )
+    deadline = time.monotonic() + 120
+    while not any(len(f.read_text().splitlines()) > 3 for f in tmp_path.glob(".out.csv.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    assert not out.exists()  # rows go to the temp file until the end
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    rows = list(csv.reader(out.open()))
+    assert f"interrupted: kept the {len(rows) - 1} captions done so far in {out}" in err
+    assert "Traceback" not in err and 3 <= len(rows) - 1 < 61
+    assert rows[0] == ["image", "caption"] and not list(tmp_path.glob(".out.csv.*"))
+    # The formula-looking name was given relative, so its cell starts with "=": neutralised.
+    assert rows[1][0] == "'=HYPERLINK(1).jpg" and all(CLEAN.match(r[1]) for r in rows[1:])
