@@ -1,0 +1,114 @@
+"""Paths a web user types are confined to the server's data roots (`serve --data-root`).
+
+Every path field of the training settings (`dataset_path`, `images`, and any `Path` field added
+later; only `cache_dir` is the server's own) goes through `confine`:
+
+- a relative path is read relative to a data root (the first root where it exists);
+- the path is normalised lexically (``a/../b`` -> ``b``) and must then lie inside a root;
+- symlinks are not resolved: a link the operator placed inside a root (``ln -s ~/datasets/
+  flickr8k data/``) is followed when the files are read. Only the operator can place links
+  there, so they are trusted; what the user types can never climb out with ``..``.
+
+The confined path is the normalised one, so the operating system never sees a ``..`` a user
+typed (after a symlink, ``link/..`` would otherwise mean the parent of the link's target).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ..core.errors import ConfigError, DataPathError
+
+__all__ = ["DataPathError", "absolute_roots", "confine", "confine_paths", "path_fields"]
+SERVER_PATHS = frozenset({"cache_dir"})  # set by the server, never by a user
+
+
+def _normal(path: str | os.PathLike) -> Path:
+    """Absolute and lexically normalised; symlinks are left alone. A leading '//' is '/'
+    (POSIX leaves its meaning open; Linux and macOS read it as '/')."""
+    text = os.path.normpath(os.path.abspath(path))
+    return Path("/" + text.lstrip("/") if text.startswith("//") else text)
+
+
+def _inside(path: Path, base: Path) -> bool:
+    return path == base or path.is_relative_to(base)
+
+
+def _is_path_type(annotation: object) -> bool:
+    if annotation is Path:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_path_type(a) for a in typing.get_args(annotation))
+    return False
+
+
+def path_fields(model: type[BaseModel]) -> list[str]:
+    """The fields of `model` a user gives as paths (typed Path or Path | None)."""
+    return [
+        name
+        for name, info in model.model_fields.items()
+        if name not in SERVER_PATHS and _is_path_type(info.annotation)
+    ]
+
+
+def absolute_roots(roots: Sequence[str | os.PathLike]) -> list[Path]:
+    """The data roots as absolute, normalised paths (a root that is a link stays a link)."""
+    return [_normal(os.path.expanduser(r)) for r in roots]
+
+
+def describe_roots(roots: Sequence[Path]) -> str:
+    return ", ".join(map(str, absolute_roots(roots)))
+
+
+def confine(value: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Path:
+    """The absolute, normalised path `value` names inside one of `roots`, or DataPathError."""
+    if not roots:
+        raise DataPathError(
+            "this server allows no training data; start it with --data-root DIR "
+            "(the folder that holds your datasets)"
+        )
+    text = os.fspath(value)
+    if not text.strip() or "\0" in text:
+        raise DataPathError(f"{text!r} is not a path; give a path inside {describe_roots(roots)}")
+    lexical = absolute_roots(roots)
+    # A root may itself be a link (data -> /mnt/data): its real location is the same folder.
+    bases = lexical + [Path(os.path.realpath(r)) for r in lexical]
+    given = Path(text)  # '~' is not expanded: a typed path is read relative to a root
+    # An absolute path names one place; a relative one is tried under each root.
+    candidates = [
+        _normal(c) for c in ([given] if given.is_absolute() else [r / given for r in lexical])
+    ]
+    inside = [c for c in candidates if any(_inside(c, b) for b in bases)]
+    if not inside:
+        example = lexical[0] / "flickr8k"
+        raise DataPathError(
+            f"{text} is not inside the data folders this server may read "
+            f"({describe_roots(roots)}). Paths are read relative to a data folder "
+            f"(e.g. 'flickr8k' means {example}); '..' may not leave it, and an absolute "
+            "path must lie within one. To use data kept elsewhere, link it into a data "
+            "folder on the server (ln -s /path/to/flickr8k "
+            f"{lexical[0]}/) or start the server with another --data-root."
+        )
+    return next((c for c in inside if c.exists()), inside[0])
+
+
+def confine_paths(data: dict, fields: Sequence[str], roots: Sequence[Path]) -> dict:
+    """`data` with each named path field confined; each given path must exist (ConfigError)."""
+    out = dict(data)
+    for name in fields:
+        if out.get(name) is None:
+            continue
+        path = confine(out[name], roots)
+        if not path.exists():
+            raise ConfigError(
+                f"{name}: {out[name]} does not exist (looked for {path}; paths are read "
+                f"relative to the data folders: {describe_roots(roots)})"
+            )
+        out[name] = path
+    return out
