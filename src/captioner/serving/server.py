@@ -48,7 +48,8 @@ from ..core.errors import (
 from ..core.paths import default_state_dir
 from ..vision.images import open_image
 from .batcher import Batcher
-from .jobs import TERMINAL, JobRunner, JobStore
+from .datapaths import DataPathError, absolute_roots, confine_paths, path_fields
+from .jobs import TERMINAL, JobRunner, JobStore, max_workers
 from .model_store import ModelStore
 from .security import (
     COOKIE,
@@ -75,6 +76,7 @@ class ServerSettings:
     data_roots: list[Path] = field(default_factory=list)  # training data must live under one
     max_upload_mb: float = 20.0
     max_files: int = 100
+    max_jobs: int = 1  # training processes at once; more jobs wait queued
     # Access control (security.py). With a token, every route but captioning-when-public,
     # /healthz, /login and static files needs it.
     token: str | None = None
@@ -352,10 +354,10 @@ def _page(name: str):
 
 def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelStore) -> None:
     store = JobStore(settings.state_dir / "jobs.sqlite")
-    store.mark_orphans()
-    runner = JobRunner(store, settings.state_dir / "runs", models.dir)
+    # Adopts the live workers of an earlier server, marks lost ones interrupted (jobs.py).
+    runner = JobRunner(store, settings.state_dir / "runs", models.dir, max_jobs=settings.max_jobs)
     app.state.runner = runner
-    roots = [Path(r).resolve() for r in settings.data_roots]
+    roots = absolute_roots(settings.data_roots)  # symlinks kept: see datapaths.py
 
     def job_or_404(job_id: str) -> dict:
         job = store.get(job_id)
@@ -387,22 +389,15 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
         body.pop("cache_dir", None)  # the server decides where caches live
         preset = body.pop("preset", None)
         cfg = make_config(preset=preset or None, **body)  # the CLI's path: ConfigError -> 422
-        path = cfg.dataset_path.expanduser().resolve()
-        if not roots:
-            raise HTTPException(
-                403, "this server allows no training data; start it with --data-root DIR"
-            )
-        if not any(path == r or r in path.parents for r in roots):
-            raise HTTPException(
-                403,
-                f"{cfg.dataset_path} is outside the allowed data folders: "
-                + ", ".join(map(str, roots)),
-            )
-        if not path.exists():
-            raise HTTPException(422, f"{cfg.dataset_path} does not exist")
-        cfg = cfg.model_copy(update={"dataset_path": path})
+        fields = path_fields(TrainConfig)  # every path a user gives, now and in future fields
+        try:
+            paths = confine_paths(cfg.model_dump(include=set(fields)), fields, roots)
+        except DataPathError as exc:
+            raise HTTPException(403, str(exc)) from None
+        # More image-loading processes than cores only fight over the same CPUs.
+        cfg = cfg.model_copy(update={**paths, "workers": min(cfg.workers, max_workers())})
         job_id = store.create(cfg)
-        runner.start(job_id)
+        runner.submit(job_id)  # starts now, or waits queued for a free slot
         return store.get(job_id)
 
     @app.get("/api/jobs")
@@ -416,7 +411,7 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
     @app.post("/api/jobs/{job_id}/stop")
     async def stop_job(job_id: str) -> dict:
         job = job_or_404(job_id)
-        if job["state"] in TERMINAL:
+        if job["state"] in TERMINAL and not runner.active(job_id):
             raise HTTPException(409, f"job {job_id} is already {job['state']}")
         await run_in_threadpool(runner.stop, job_id)
         return store.get(job_id)
@@ -424,13 +419,15 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
     @app.post("/api/jobs/{job_id}/resume")
     def resume_job(job_id: str) -> dict:
         job = job_or_404(job_id)
+        if runner.active(job_id):
+            raise HTTPException(409, f"job {job_id} is still training; stop it first")
         if job["state"] not in ("stopped", "interrupted", "failed"):
             raise HTTPException(
                 409,
                 f"job {job_id} is {job['state']}; only stopped, "
                 "interrupted or failed jobs can be resumed",
             )
-        runner.start(job_id)
+        runner.submit(job_id)  # the same run folder: training resumes from its checkpoint
         return store.get(job_id)
 
     @app.get("/api/jobs/{job_id}/events")
