@@ -5,6 +5,7 @@ caption or a clear per-file error; decompression bombs are refused from their he
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import re
@@ -105,6 +106,7 @@ def animated_gif() -> bytes:
     return saved(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
+@functools.cache
 def corpus() -> dict[str, tuple[bytes, str, str]]:
     """name -> (file bytes, expected outcome, class). Built in about a second."""
     good = photo()
@@ -183,6 +185,7 @@ def test_the_40000_bomb_is_refused_from_its_header_in_milliseconds(bad_dir):
     assert time.perf_counter() - start < 0.5
 
 
+@pytest.mark.slow
 def test_python_api_captions_or_refuses_each_file(bad_dir):
     cap = Captioner.load()
     outcomes = {}
@@ -199,6 +202,7 @@ def test_python_api_captions_or_refuses_each_file(bad_dir):
     assert {n for n, o in outcomes.items() if o == ERROR} == expected(ERROR)
 
 
+@pytest.mark.slow
 def test_cli_captions_the_rest_and_names_each_bad_file(bad_dir, tmp_path):
     out = tmp_path / "out.csv"
     res = subprocess.run(
