@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from captioner.serving.jobs import EX_LOCKED, process_start
+from captioner.serving.jobs import EX_LOCKED, SCHEMA, JobRunner, JobStore, process_start
 from captioner.serving.server import ServerSettings, create_app
 
 TINY = {
@@ -124,6 +124,29 @@ def test_jobs_beyond_the_limit_wait_queued(client):
     )
     assert job["state"] == "running"
     assert client.post(f"/api/jobs/{second['id']}/stop").json()["state"] == "stopped"
+
+
+def test_a_store_from_before_supervision_is_upgraded(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "jobs.sqlite")
+    old_schema = SCHEMA.replace(",\n    pid_start INTEGER", "")
+    assert "pid_start" not in old_schema
+    db.execute(old_schema)
+    db.execute(
+        "INSERT INTO jobs (id, created, updated, state, config, pid) "
+        "VALUES ('old', 0, 0, 'running', '{}', 1)"
+    )
+    db.commit()
+    db.close()
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = store.get("old")
+    assert job["pid_start"] is None  # PID 1 is alive, but unverifiable: never adopted
+    runner = JobRunner(store, tmp_path / "runs", tmp_path / "models")
+    try:
+        assert store.get("old")["state"] == "interrupted" and not runner.running()
+    finally:
+        runner.shutdown()
 
 
 # --- a real server, killed with SIGKILL while its worker trains ----------------------------

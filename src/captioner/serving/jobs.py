@@ -196,7 +196,7 @@ def describe_exit(code: int) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = "unknown signal"
-        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        hint = " (out of memory?)" if -code == getattr(signal, "SIGKILL", None) else ""
         return f"was killed by signal {-code} ({name}){hint}"
     if code == 0:
         return "exited without recording a result"
@@ -482,6 +482,8 @@ class JobRunner:
             self.store.append_log(job_id, f"{state}: {error}" if error else state)
 
     def _schedule(self) -> None:
+        if len(self.workers) >= self.max_jobs:
+            return
         for job_id in self.store.queued():
             if len(self.workers) >= self.max_jobs:
                 return
