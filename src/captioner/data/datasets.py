@@ -49,8 +49,13 @@ def _check_images(records: list[Record], source: Path, skip_missing: bool) -> li
     if not missing:
         return records
     if skip_missing:
-        log.warning("%s: skipped %d of %d images that do not exist (first: %s)",
-                    source, len(missing), len(records), missing[0].image)
+        log.warning(
+            "%s: skipped %d of %d images that do not exist (first: %s)",
+            source,
+            len(missing),
+            len(records),
+            missing[0].image,
+        )
         return [r for r in records if r.image.is_file()]
     shown = ", ".join(str(r.image) for r in missing[:3])
     raise DatasetError(
@@ -71,24 +76,33 @@ def read_coco(root: Path, split: str = "train", skip_missing: bool = False) -> l
         return [r for r in records if _half(int(Path(r.image).stem)) == half]
     ann = root / "annotations" / f"captions_{split}2017.json"
     if not ann.is_file():
-        raise DatasetError(f"{ann} not found: expected the COCO-2017 layout "
-                           f"(annotations/captions_{split}2017.json) under {root}")
-    image_dir = next((d for d in (root / f"{split}2017", root / "images" / f"{split}2017")
-                      if d.is_dir()), None)
+        raise DatasetError(
+            f"{ann} not found: expected the COCO-2017 layout "
+            f"(annotations/captions_{split}2017.json) under {root}"
+        )
+    image_dir = next(
+        (d for d in (root / f"{split}2017", root / "images" / f"{split}2017") if d.is_dir()), None
+    )
     if image_dir is None:
-        raise DatasetError(f"no image folder for split {split!r}: expected {root}/{split}2017 "
-                           f"or {root}/images/{split}2017")
+        raise DatasetError(
+            f"no image folder for split {split!r}: expected {root}/{split}2017 "
+            f"or {root}/images/{split}2017"
+        )
     try:
         data = json.loads(ann.read_text(encoding="utf-8"))
         files = {img["id"]: img["file_name"] for img in data["images"]}
-        pairs = [(image_dir / files[a["image_id"]], str(a["caption"]).strip())
-                 for a in data["annotations"]]
+        pairs = [
+            (image_dir / files[a["image_id"]], str(a["caption"]).strip())
+            for a in data["annotations"]
+        ]
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{ann}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     except (KeyError, TypeError) as exc:
-        raise DatasetError(f"{ann}: not a COCO captions file (missing or bad field {exc}); "
-                           "expected 'images' with id/file_name and 'annotations' with "
-                           "image_id/caption") from None
+        raise DatasetError(
+            f"{ann}: not a COCO captions file (missing or bad field {exc}); "
+            "expected 'images' with id/file_name and 'annotations' with "
+            "image_id/caption"
+        ) from None
     pairs.sort(key=lambda p: p[0].name)  # stable order regardless of annotation order
     return _check_images(_group(pairs), ann, skip_missing)
 
@@ -99,12 +113,17 @@ def read_flickr8k(root: Path, split: str = "train", skip_missing: bool = False) 
     split_file = root / f"Flickr_8k.{split}Images.txt"
     for f in (token_file, split_file):
         if not f.is_file():
-            raise DatasetError(f"{f} not found: is {root} a Flickr8k folder and is {split!r} "
-                               "one of train, dev, test?")
-    image_dir = next((d for d in (root / "images", root / "Flicker8k_Dataset", root / "Images")
-                      if d.is_dir()), root / "images")
-    wanted = {ln.strip() for ln in split_file.read_text(encoding="utf-8").splitlines()
-              if ln.strip()}
+            raise DatasetError(
+                f"{f} not found: is {root} a Flickr8k folder and is {split!r} "
+                "one of train, dev, test?"
+            )
+    image_dir = next(
+        (d for d in (root / "images", root / "Flicker8k_Dataset", root / "Images") if d.is_dir()),
+        root / "images",
+    )
+    wanted = {
+        ln.strip() for ln in split_file.read_text(encoding="utf-8").splitlines() if ln.strip()
+    }
     pairs: list[tuple[Path, str]] = []
     skipped = 0
     for lineno, line in enumerate(token_file.read_text(encoding="utf-8").splitlines(), 1):
@@ -134,30 +153,50 @@ def read_karpathy(root: Path, split: str = "train", skip_missing: bool = False) 
     path = root / "dataset_coco.json" if root.is_dir() else root
     root = path.parent
     if not path.is_file():
-        raise DatasetError(f"{path} not found: put Karpathy's dataset_coco.json in the COCO "
-                           "folder (or pass its path)")
+        raise DatasetError(
+            f"{path} not found: put Karpathy's dataset_coco.json in the COCO "
+            "folder (or pass its path)"
+        )
     if split not in ("train", "val", "test"):
         raise DatasetError(f"Karpathy splits are train, val and test, not {split!r}")
     wanted = {"train", "restval"} if split == "train" else {split}
     try:
         images = json.loads(path.read_text(encoding="utf-8"))["images"]
-        folders = [d for d in (root / "images" / "train2017", root / "images" / "val2017",
-                               root / "train2017", root / "val2017") if d.is_dir()]
+        folders = [
+            d
+            for d in (
+                root / "images" / "train2017",
+                root / "images" / "val2017",
+                root / "train2017",
+                root / "val2017",
+            )
+            if d.is_dir()
+        ]
         records = []
         for img in images:
             if img["split"] not in wanted:
                 continue
             old = root / img.get("filepath", "") / img["filename"]
-            image = old if old.is_file() else next(
-                (d / f"{int(img['cocoid']):012d}.jpg" for d in folders
-                 if (d / f"{int(img['cocoid']):012d}.jpg").is_file()), old)
+            image = (
+                old
+                if old.is_file()
+                else next(
+                    (
+                        d / f"{int(img['cocoid']):012d}.jpg"
+                        for d in folders
+                        if (d / f"{int(img['cocoid']):012d}.jpg").is_file()
+                    ),
+                    old,
+                )
+            )
             caps = tuple(str(s["raw"]).strip() for s in img["sentences"])
             records.append(Record(image, caps))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise DatasetError(f"{path}: not a Karpathy split file (bad or missing field {exc})") \
-            from None
+        raise DatasetError(
+            f"{path}: not a Karpathy split file (bad or missing field {exc})"
+        ) from None
     records.sort(key=lambda r: r.image.name)
     return _check_images(records, path, skip_missing)
 
@@ -166,8 +205,9 @@ def _hash_split(name: str) -> str:
     return "dev" if int(hashlib.sha1(name.encode()).hexdigest(), 16) % 20 == 0 else "train"
 
 
-def read_captions_file(path: Path, split: str | None = None, images: Path | None = None,
-                       skip_missing: bool = False) -> list[Record]:
+def read_captions_file(
+    path: Path, split: str | None = None, images: Path | None = None, skip_missing: bool = False
+) -> list[Record]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path} not found")
@@ -178,8 +218,10 @@ def read_captions_file(path: Path, split: str | None = None, images: Path | None
             reader = csv.DictReader(fh)
             cols = set(reader.fieldnames or [])
             if not {"image", "caption"} <= cols:
-                raise DatasetError(f"{path}:1: header must include 'image' and 'caption' "
-                                   f"columns (found: {', '.join(sorted(cols)) or 'none'})")
+                raise DatasetError(
+                    f"{path}:1: header must include 'image' and 'caption' "
+                    f"columns (found: {', '.join(sorted(cols)) or 'none'})"
+                )
             rows = [(i, row) for i, row in enumerate(reader, 2)]
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -193,8 +235,10 @@ def read_captions_file(path: Path, split: str | None = None, images: Path | None
                 raise DatasetError(f"{path}:{i}: expected an object with image and caption")
             rows.append((i, row))
     else:
-        raise DatasetError(f"{path}: unsupported captions file type {path.suffix!r}; "
-                           "use .csv or .jsonl with image,caption columns")
+        raise DatasetError(
+            f"{path}: unsupported captions file type {path.suffix!r}; "
+            "use .csv or .jsonl with image,caption columns"
+        )
     pairs = []
     for lineno, row in rows:
         image, caption = row.get("image"), row.get("caption")
@@ -210,8 +254,13 @@ def read_captions_file(path: Path, split: str | None = None, images: Path | None
     return _check_images(_group(pairs), path, skip_missing)
 
 
-def load_dataset(fmt: str, path: Path | str, split: str = "train", images: Path | None = None,
-                 skip_missing: bool = False) -> list[Record]:
+def load_dataset(
+    fmt: str,
+    path: Path | str,
+    split: str = "train",
+    images: Path | None = None,
+    skip_missing: bool = False,
+) -> list[Record]:
     """Read a dataset split in any supported format."""
     if fmt == "coco":
         return read_coco(Path(path), split, skip_missing)

@@ -36,13 +36,19 @@ class Archive:
 
 # The official archives (one table: --checksums replaces the MD5s for mirrors and tests).
 ARCHIVES = {
-    "train2017.zip": Archive("zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2",
-                             19_336_861_798, "images", 1.0),
-    "val2017.zip": Archive("zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80",
-                           815_585_330, "images", 1.0),
+    "train2017.zip": Archive(
+        "zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2", 19_336_861_798, "images", 1.0
+    ),
+    "val2017.zip": Archive(
+        "zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80", 815_585_330, "images", 1.0
+    ),
     "annotations_trainval2017.zip": Archive(
-        "annotations/annotations_trainval2017.zip", "f4bbac642086de4f52a3fdda2de5fa2c",
-        252_907_541, ".", 3.5),
+        "annotations/annotations_trainval2017.zip",
+        "f4bbac642086de4f52a3fdda2de5fa2c",
+        252_907_541,
+        ".",
+        3.5,
+    ),
 }
 
 
@@ -76,24 +82,39 @@ def _fetch(url: str, part: Path, size: int | None, progress: bool) -> None:
             return
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise DownloadError(f"cannot reach {url} ({exc}); check the connection or use "
-                            "--base-url for a mirror. Run again to resume.") from None
+        raise DownloadError(
+            f"cannot reach {url} ({exc}); check the connection or use "
+            "--base-url for a mirror. Run again to resume."
+        ) from None
     with resp:
         if have and resp.status != 206:  # server ignored Range: start over
             have = 0
         mode = "ab" if have else "wb"
-        total = size if size is not None else (have + int(resp.headers.get("Content-Length", 0))
-                                               or None)
-        with part.open(mode) as fh, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=part.name.removesuffix(".part"),
-                                         disable=not progress) as bar:
+        total = (
+            size
+            if size is not None
+            else (have + int(resp.headers.get("Content-Length", 0)) or None)
+        )
+        with (
+            part.open(mode) as fh,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name.removesuffix(".part"),
+                disable=not progress,
+            ) as bar,
+        ):
             try:
                 while chunk := resp.read(1 << 20):
                     fh.write(chunk)
                     bar.update(len(chunk))
             except (OSError, urllib.error.URLError) as exc:
-                raise DownloadError(f"download of {url} broke off ({exc}); run the same "
-                                    "command again to resume") from None
+                raise DownloadError(
+                    f"download of {url} broke off ({exc}); run the same command again to resume"
+                ) from None
 
 
 def _md5(path: Path) -> str:
@@ -135,10 +156,15 @@ def safe_extract(archive: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download_coco(dest: Path, splits: tuple[str, ...] = ("train", "val"),
-                  with_images: bool = True, base_url: str | None = None,
-                  checksums: Path | None = None, progress: bool = True,
-                  keep_archives: bool = False) -> list[str]:
+def download_coco(
+    dest: Path,
+    splits: tuple[str, ...] = ("train", "val"),
+    with_images: bool = True,
+    base_url: str | None = None,
+    checksums: Path | None = None,
+    progress: bool = True,
+    keep_archives: bool = False,
+) -> list[str]:
     """Fetch, verify and extract what is missing; returns the archives that were processed."""
     dest = Path(dest)
     for split in splits:
@@ -164,28 +190,35 @@ def download_coco(dest: Path, splits: tuple[str, ...] = ("train", "val"),
     # Disk check before any byte is fetched: what is left to download plus what it expands to.
     work.mkdir(parents=True, exist_ok=True)
     sizes = {n: _remote_size(f"{base}/{ARCHIVES[n].path}") or ARCHIVES[n].size for n in todo}
-    need = sum(sizes[n] - (work / f"{n}.part").stat().st_size
-               if (work / f"{n}.part").exists() else sizes[n] for n in todo)
+    need = sum(
+        sizes[n] - (work / f"{n}.part").stat().st_size
+        if (work / f"{n}.part").exists()
+        else sizes[n]
+        for n in todo
+    )
     need += sum(int(sizes[n] * ARCHIVES[n].expands) for n in todo)
     free = shutil.disk_usage(dest).free
     if progress:
         print(f"needs about {_human(need)} free in {dest} ({_human(free)} free)")
     if need > free:
-        raise DownloadError(f"not enough disk space in {dest}: needs about {_human(need)}, "
-                            f"{_human(free)} free. Free some space or choose another --dest.")
+        raise DownloadError(
+            f"not enough disk space in {dest}: needs about {_human(need)}, "
+            f"{_human(free)} free. Free some space or choose another --dest."
+        )
 
     for n in todo:
         arch, part = ARCHIVES[n], work / f"{n}.part"
         _fetch(f"{base}/{arch.path}", part, sizes[n], progress)
         got = part.stat().st_size
         if got != sizes[n]:
-            raise DownloadError(f"{n}: got {got} bytes, expected {sizes[n]}; run again to "
-                                "resume")
+            raise DownloadError(f"{n}: got {got} bytes, expected {sizes[n]}; run again to resume")
         digest = _md5(part)
         if digest != md5s[n]:
             part.unlink()
-            raise DownloadError(f"{n}: checksum mismatch (MD5 {digest}, expected {md5s[n]}); "
-                                "the corrupt file was deleted, run again to download it anew")
+            raise DownloadError(
+                f"{n}: checksum mismatch (MD5 {digest}, expected {md5s[n]}); "
+                "the corrupt file was deleted, run again to download it anew"
+            )
         if progress:
             print(f"{n}: checksum OK, extracting")
         try:

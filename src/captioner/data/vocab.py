@@ -33,8 +33,9 @@ class Vocabulary:
     def build(cls, captions: Iterable[str], threshold: int) -> Vocabulary:
         """Words seen at least `threshold` times, most frequent first, ties alphabetical."""
         counts = Counter(w for c in captions for w in tokenize(c))
-        kept = sorted((w for w, n in counts.items() if n >= threshold),
-                      key=lambda w: (-counts[w], w))
+        kept = sorted(
+            (w for w, n in counts.items() if n >= threshold), key=lambda w: (-counts[w], w)
+        )
         return cls([*SPECIALS, *kept])
 
     def __len__(self) -> int:
