@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .core.errors import ConfigError
 from .vision.registry import ENCODERS
@@ -94,6 +101,18 @@ class TrainConfig(BaseModel):
     encoder_lr: float = Field(
         1e-4, gt=0, le=1, description="peak learning rate of the fine-tuned encoder stage"
     )
+    # decoder
+    decoder: Literal["show_and_tell", "attention"] = Field(
+        "show_and_tell",
+        description="show_and_tell (pooled image features are the LSTM's first input) or "
+        "attention (soft attention over the encoder's spatial grid, Show Attend and Tell)",
+    )
+    attention_size: int = Field(512, ge=8, le=4096, description="attention layer size")
+    class_evidence: bool = Field(
+        False,
+        description="attention decoder: also attend to the encoder's own ImageNet class "
+        "probabilities (what the CNN recognises)",
+    )
     # the seed's knobs
     batch_size: int = Field(64, ge=1, le=4096, description="captions per training step")
     vocab_threshold: int = Field(8, ge=1, description="keep words seen at least this often")
@@ -111,6 +130,17 @@ class TrainConfig(BaseModel):
         "cosine", description="learning-rate schedule after a one-epoch linear warm-up"
     )
     max_len: int = _decode_field("max_len")
+    # self-critical sequence training (Rennie et al., 2017) after the cross-entropy epochs
+    scst_epochs: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="epochs of self-critical training (CIDEr-D reward, "
+        "greedy baseline) after the cross-entropy epochs; 0 = none",
+    )
+    scst_lr: float = Field(5e-5, gt=0, le=1, description="self-critical learning rate")
+    scst_samples: int = Field(5, ge=1, le=32, description="sampled captions per image")
+    scst_batch_size: int = Field(32, ge=1, le=4096, description="images per self-critical step")
     seed: int = Field(42, description="random seed (runs are reproducible)")
     # decoding used for dev scores and saved in the bundle as the model's default
     beam_size: int = _decode_field("beam_size")
@@ -127,6 +157,17 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown encoder {value!r}; choose one of {', '.join(ENCODERS)}")
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.class_evidence and self.decoder != "attention":
+            raise ValueError("class_evidence needs decoder = attention")
+        if self.scst_epochs and self.finetune_encoder:
+            raise ValueError(
+                "self-critical training reads cached features: it cannot be "
+                "combined with finetune_encoder"
+            )
+        return self
+
     @property
     def decoding(self) -> DecodeConfig:
         return DecodeConfig(
@@ -134,9 +175,27 @@ class TrainConfig(BaseModel):
         )
 
     def fingerprint(self) -> dict:
-        """Settings a checkpoint must agree with to be resumed (not epochs or machinery)."""
+        """Settings a checkpoint must agree with to be resumed (not epochs or machinery).
+        Settings added later are left out at their defaults, so older runs still resume."""
         skip = {"epochs", "device", "workers", "cache_dir", "beam_size", "length_penalty"}
-        return self.model_dump(mode="json", exclude=skip)
+        dump = self.model_dump(mode="json", exclude=skip)
+        return {
+            k: v
+            for k, v in dump.items()
+            if k not in _LATER or v != TrainConfig.model_fields[k].default
+        }
+
+
+# Fields added after the first release (see fingerprint).
+_LATER = {
+    "decoder",
+    "attention_size",
+    "class_evidence",
+    "scst_epochs",
+    "scst_lr",
+    "scst_samples",
+    "scst_batch_size",
+}
 
 
 def load_config_file(path: Path) -> dict:

@@ -22,6 +22,7 @@ from ..config import TrainConfig
 from ..core.progress import Event, Reporter, silent
 from ..data.datasets import Record, load_dataset
 from ..data.vocab import Vocabulary
+from ..decoders.registry import decoder_input
 from ..vision.encoders import Encoder
 from ..vision.features import extract_features, stack_pixels, without_worker_traces
 from ..vision.images import augment, open_image
@@ -37,6 +38,7 @@ class Data:
     dev_feats: torch.Tensor | None
     dev_records: list[Record]
     train_images: list[Path] = field(default_factory=list)
+    train_refs: list[tuple[str, ...]] = field(default_factory=list)  # captions per image (SCST)
 
 
 def prepare_data(cfg: TrainConfig, device: torch.device, report: Reporter = silent) -> Data:
@@ -55,9 +57,11 @@ def prepare_data(cfg: TrainConfig, device: torch.device, report: Reporter = sile
         (i, vocab.encode(c)[: cfg.max_len + 2]) for i, r in enumerate(train) for c in r.captions
     ]
     images = [r.image for r in train]
+    refs = [r.captions for r in train]
     if cfg.finetune_encoder:  # features change as the encoder learns: nothing to cache
-        return Data(vocab, None, caps, None, dev, images)
+        return Data(vocab, None, caps, None, dev, images, refs)
     fx = {
+        "grid": decoder_input(cfg.decoder) == "grid",
         "cache_dir": cfg.cache_dir,
         "workers": cfg.workers,
         "report": report,
@@ -72,6 +76,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device, report: Reporter = sile
         torch.from_numpy(np.asarray(dev_feats, dtype=np.float32)),
         dev,
         images,
+        refs,
     )
 
 
@@ -80,7 +85,7 @@ class CachedFeatures:
 
     def __init__(self, data: Data) -> None:
         self.feats, self.dev = data.train_feats, data.dev_feats
-        self.feature_dim = int(data.train_feats.shape[1])
+        self.feature_dim = int(data.train_feats.shape[-1])
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return []

