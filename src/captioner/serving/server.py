@@ -42,6 +42,7 @@ from ..core.errors import (
     CaptionerError,
     ConfigError,
     ImageError,
+    ImageTooLarge,
     ModelNotFound,
     ModelProtected,
 )
@@ -211,8 +212,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                     decoders, open_image, io.BytesIO(data), cap.encoder.spec.image_size
                 )
                 images.append((len(results) - 1, image))
-            except ImageError:
-                results[-1]["error"] = "not an image this server can read (use JPEG, PNG or WebP)"
+            except ImageError as exc:  # say why: too large, truncated, not an image...
+                reason = str(exc).split(": ", 1)[-1]
+                hint = "" if isinstance(exc, ImageTooLarge) else "; send a JPEG, PNG or WebP photo"
+                results[-1]["error"] = reason + hint
         if images:
             texts = await batcher.caption(cap, [im for _, im in images], decode)
             for (i, _), text in zip(images, texts, strict=True):
