@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..core.errors import ConfigError, ImageError, ImageTooLarge
 
@@ -81,6 +81,13 @@ def pixel_limit(max_pixels: int | None = None) -> int:
     return int(max_pixels)
 
 
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "truncat" in text.lower() or isinstance(exc, (EOFError, SyntaxError)):
+        return f"the file is truncated or corrupt: {text}"
+    return text
+
+
 def open_image(
     path: str | Path | BinaryIO, size: int, max_pixels: int | None = None
 ) -> Image.Image:
@@ -112,8 +119,12 @@ def open_image(
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = int(found.group(1)) if found else limit + 1
         raise _too_large(name, limit, pixels, f"{pixels} pixels") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name}: cannot read image (not an image, or a format Pillow cannot read)"
+        ) from None
     except DECODE_ERRORS as exc:
-        raise ImageError(f"{name}: cannot read image ({exc})") from None
+        raise ImageError(f"{name}: cannot read image ({_reason(exc)})") from None
     finally:
         if decoded >= _TRIM_PIXELS:
             _trim_heap()
