@@ -276,6 +276,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=args.allowed_host or [],
         max_request_mb=args.max_request_mb,
         rate_limit=args.rate_limit,
+        max_jobs=args.max_jobs,
     )
     if args.state_dir:
         settings.state_dir = args.state_dir
@@ -488,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a DNS name the server is reached by (repeatable; requests for other names are "
         "refused against DNS rebinding; localhost and IP addresses always work)",
+    )
+    s.add_argument(
+        "--max-jobs",
+        type=positive_int,
+        default=1,
+        help="training jobs that run at once; more wait queued (default 1)",
     )
     s.add_argument(
         "--rate-limit",
