@@ -38,7 +38,8 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-PREPROCESS_VERSION = 1  # bump when resize/crop/normalisation changes
+# Bump when decoding, resize/crop or normalisation changes (2: EXIF orientation, 16-bit, alpha).
+PREPROCESS_VERSION = 2
 
 
 def cache_key(encoder: str, images: list[Path], weights_id: str | None = None) -> str:
