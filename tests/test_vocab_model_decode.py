@@ -6,9 +6,13 @@ import pytest
 import torch
 
 from captioner.data.vocab import SPECIALS, Vocabulary, tokenize
+from captioner.decoders.attention import ShowAttendTell
 from captioner.decoders.base import DecoderConfig as ModelConfig
-from captioner.decoders.search import beam_search, greedy
+from captioner.decoders.registry import build_decoder
+from captioner.decoders.search import beam_search, greedy, sample
 from captioner.decoders.show_and_tell import ShowAndTell
+
+KINDS = ["show_and_tell", "attention"]
 
 
 def test_tokenize_lowercases_and_drops_punctuation():
@@ -41,17 +45,63 @@ def test_model_shapes():
     assert logp.shape == (3, 50) and torch.allclose(logp.exp().sum(-1), torch.ones(3))
 
 
-def _tiny_model(seed: int) -> ShowAndTell:
+def test_attention_shapes_and_weights():
+    cfg = ModelConfig(
+        kind="attention",
+        feature_dim=32,
+        vocab_size=50,
+        embed_size=16,
+        hidden_size=24,
+        attention_size=12,
+        num_classes=10,
+        dropout=0.0,
+    )
+    m = ShowAttendTell(cfg)
+    m.set_class_head(torch.randn(10, 32), torch.zeros(10))
+    grid = torch.randn(3, 5, 32)
+    assert m(grid, torch.randint(0, 50, (3, 7))).shape == (3, 7, 50)
+    h, c, values, keys = m.init_state(grid)
+    # 5 regions plus one for the class evidence; hidden and attention sizes as configured.
+    assert values.shape == (3, 6, 24) and keys.shape == (3, 6, 12) and h.shape == (3, 24)
+    probs = m.class_probabilities(grid)
+    assert probs.shape == (3, 10) and torch.allclose(probs.sum(-1), torch.ones(3))
+    logp, state = m.step(torch.tensor([1, 1, 1]), (h, c, values, keys))
+    assert logp.shape == (3, 50) and torch.allclose(logp.exp().sum(-1), torch.ones(3))
+    # The attention looks at the image: other regions give other next-word distributions,
+    # and the order of the regions does not matter (attention is a weighted sum).
+    other, _ = m.step(torch.tensor([1, 1, 1]), m.init_state(torch.randn(3, 5, 32)))
+    assert not torch.allclose(logp, other)
+    shuffled, _ = m.step(torch.tensor([1, 1, 1]), m.init_state(grid[:, [4, 2, 0, 1, 3]]))
+    assert torch.allclose(logp, shuffled, atol=1e-5)
+    # The frozen ImageNet head is saved with the decoder but never trained.
+    assert {"class_weight", "class_bias"} <= set(m.state_dict())
+    assert all(n not in ("class_weight", "class_bias") for n, _ in m.named_parameters())
+
+
+def _tiny_model(seed: int, kind: str = "show_and_tell"):
     torch.manual_seed(seed)
-    m = ShowAndTell(
-        ModelConfig(feature_dim=8, vocab_size=7, embed_size=6, hidden_size=6, dropout=0.0)
+    m = build_decoder(
+        ModelConfig(
+            kind=kind,
+            feature_dim=8,
+            vocab_size=7,
+            embed_size=6,
+            hidden_size=6,
+            attention_size=5,
+            dropout=0.0,
+        )
     ).eval()
     with torch.no_grad():  # sharpen the output so sequences differ clearly in probability
         m.out.weight.mul_(4)
     return m
 
 
-def _exhaustive(m: ShowAndTell, feat: torch.Tensor, max_len: int, alpha: float):
+def _features(kind: str, n: int, seed: int) -> torch.Tensor:
+    shape = (n, 3, 8) if kind == "attention" else (n, 8)  # 3 regions for the attention decoder
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _exhaustive(m, feat: torch.Tensor, max_len: int, alpha: float):
     """Score every sequence of up to max_len tokens (words then <end>) the way beam search may."""
     words = list(range(len(SPECIALS), 7))
     best, best_seq = float("-inf"), None
@@ -70,13 +120,14 @@ def _exhaustive(m: ShowAndTell, feat: torch.Tensor, max_len: int, alpha: float):
     return best_seq
 
 
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("alpha", [0.0, 0.7])
-def test_beam_search_matches_exhaustive_search(alpha):
+def test_beam_search_matches_exhaustive_search(alpha, kind):
     max_len = 4  # up to 3 words + <end>: 3**0 + ... + 3**3 = 40 sequences
     checked_greedy_differs = False
     for seed in range(12):
-        m = _tiny_model(seed)
-        feats = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed))
+        m = _tiny_model(seed, kind)
+        feats = _features(kind, 3, seed)
         # A beam wide enough to hold every prefix is exact search, batched over 3 images.
         wide = beam_search(m, feats, beam_size=27, max_len=max_len, length_penalty=alpha)
         narrow = greedy(m, feats, max_len=max_len)
@@ -88,11 +139,32 @@ def test_beam_search_matches_exhaustive_search(alpha):
     assert checked_greedy_differs, "test would not catch a beam search that is only greedy"
 
 
-def test_decoding_is_deterministic_and_batch_independent():
-    m = _tiny_model(0)
-    feats = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoding_is_deterministic_and_batch_independent(kind):
+    m = _tiny_model(0, kind)
+    feats = _features(kind, 5, 1)
     a = beam_search(m, feats, beam_size=3, max_len=6)
     b = beam_search(m, feats, beam_size=3, max_len=6)
     one_by_one = [beam_search(m, feats[i : i + 1], beam_size=3, max_len=6)[0] for i in range(5)]
     assert a == b == one_by_one
     assert all(len(s) <= 6 and Vocabulary.end_id not in s for s in a)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sampling_for_self_critical_training(kind):
+    m = _tiny_model(3, kind)
+    feats = _features(kind, 4, 2)
+    seqs, logp, mask = sample(m, feats, 3, max_len=5, generator=torch.Generator().manual_seed(0))
+    assert seqs.shape[0] == 12 and seqs.shape == logp.shape == mask.shape
+    for row, lp, mk in zip(seqs.tolist(), logp, mask, strict=True):
+        ends = [i for i, t in enumerate(row) if t == Vocabulary.end_id]
+        assert ends, "every sample ends within max_len"
+        first = ends[0]
+        assert all(t == Vocabulary.pad_id for t in row[first + 1 :])  # <pad> after <end>
+        assert mk[: first + 1].all() and not mk[first + 1 :].any()  # words and <end> count
+        assert (lp[: first + 1] < 0).all() and (lp[first + 1 :] == 0).all()
+    assert logp.requires_grad  # the policy gradient flows through it
+    # Greedy sampling is beam search with one beam.
+    best, _, _ = sample(m, feats, 1, max_len=5, greedy=True)
+    rows = [r[: r.index(Vocabulary.end_id)] for r in best.tolist()]
+    assert rows == beam_search(m, feats, beam_size=1, max_len=5)

@@ -139,6 +139,11 @@ class TrainConfig(BaseModel):
         "greedy baseline) after the cross-entropy epochs; 0 = none",
     )
     scst_lr: float = Field(5e-5, gt=0, le=1, description="self-critical learning rate")
+    scst_baseline: Literal["mean", "greedy"] = Field(
+        "mean",
+        description="reward baseline: mean of the image's other samples, or the greedy caption "
+        "(Rennie et al.; collapses label-smoothed models)",
+    )
     scst_samples: int = Field(5, ge=1, le=32, description="sampled captions per image")
     scst_batch_size: int = Field(32, ge=1, le=4096, description="images per self-critical step")
     seed: int = Field(42, description="random seed (runs are reproducible)")
@@ -161,6 +166,8 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.class_evidence and self.decoder != "attention":
             raise ValueError("class_evidence needs decoder = attention")
+        if self.scst_epochs and self.scst_baseline == "mean" and self.scst_samples < 2:
+            raise ValueError("the mean baseline needs scst_samples >= 2")
         if self.scst_epochs and self.finetune_encoder:
             raise ValueError(
                 "self-critical training reads cached features: it cannot be "
@@ -177,7 +184,16 @@ class TrainConfig(BaseModel):
     def fingerprint(self) -> dict:
         """Settings a checkpoint must agree with to be resumed (not epochs or machinery).
         Settings added later are left out at their defaults, so older runs still resume."""
-        skip = {"epochs", "device", "workers", "cache_dir", "beam_size", "length_penalty"}
+        # Epoch counts may change: a finished run can be extended, e.g. with SCST epochs.
+        skip = {
+            "epochs",
+            "scst_epochs",
+            "device",
+            "workers",
+            "cache_dir",
+            "beam_size",
+            "length_penalty",
+        }
         dump = self.model_dump(mode="json", exclude=skip)
         return {
             k: v

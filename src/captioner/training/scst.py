@@ -1,7 +1,13 @@
 """Self-critical sequence training (Rennie et al., 2017): after cross-entropy training, the
-model samples captions and is rewarded by their CIDEr-D against the image's references, with
-its own greedy caption as the baseline, so it optimises the metric captions are judged by
-(and learns from its own mistakes rather than from teacher-forced prefixes)."""
+model samples captions and is rewarded by their CIDEr-D against the image's references, minus a
+baseline, so it optimises the metric captions are judged by (and learns from its own mistakes
+rather than from teacher-forced prefixes).
+
+Baselines: "greedy" is Rennie et al.'s (the model's own greedy caption); "mean" is the mean
+reward of the image's other samples (Luo, 2020). Measured here, the greedy baseline collapses
+a label-smoothed model to two-word captions: its samples are far worse than its greedy
+caption, so nearly every sample is pushed down and the probability flows to <end>.
+"""
 
 from __future__ import annotations
 
@@ -38,15 +44,19 @@ class SelfCritical:
     ) -> tuple[torch.Tensor, float]:
         """Policy-gradient loss for one batch of images, and the mean reward of the samples."""
         n, max_len = self.cfg.scst_samples, self.cfg.max_len
-        model.eval()
-        with torch.no_grad():
-            greedy, _, _ = sample(model, feats, 1, max_len, greedy=True)
+        index = images.numpy()
+        if self.cfg.scst_baseline == "greedy":
+            model.eval()
+            with torch.no_grad():
+                greedy, _, _ = sample(model, feats, 1, max_len, greedy=True)
+            base = np.repeat(self.cider.score(self.words(greedy), index), n)
         model.train()
         seqs, logp, mask = sample(model, feats, n, max_len, generator=generator)
-        index = images.numpy()
-        base = self.cider.score(self.words(greedy), index)
         reward = self.cider.score(self.words(seqs), np.repeat(index, n))
-        advantage = torch.from_numpy(reward - np.repeat(base, n)).float().to(logp.device)
+        if self.cfg.scst_baseline == "mean":  # the other samples of the same image
+            per_image = reward.reshape(-1, n)
+            base = ((per_image.sum(1, keepdims=True) - per_image) / max(1, n - 1)).reshape(-1)
+        advantage = torch.from_numpy(reward - base).float().to(logp.device)
         mask = mask.float()
         loss = -(advantage.unsqueeze(1) * logp * mask).sum() / mask.sum()
         return loss, float(reward.mean())
