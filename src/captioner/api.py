@@ -12,6 +12,7 @@ from PIL import Image
 from .config import DecodeConfig
 from .core.errors import BundleError
 from .data.vocab import Vocabulary
+from .decoders.registry import decoder_input
 from .decoders.search import beam_search
 from .storage.bundle import load_bundle
 from .vision.encoders import Encoder
@@ -33,7 +34,10 @@ class Captioner:
         """`max_pixels`: largest image decoded (None: $CAPTIONER_MAX_PIXELS or 120 MP)."""
         self.bundle = load_bundle(path, device)
         try:
-            self.encoder = Encoder(self.bundle.encoder, device, state=self.bundle.encoder_state)
+            grid = decoder_input(self.bundle.model.cfg.kind) == "grid"  # attention reads regions
+            self.encoder = Encoder(
+                self.bundle.encoder, device, state=self.bundle.encoder_state, grid=grid
+            )
         except RuntimeError as exc:  # a fine-tuned encoder whose tensors do not fit
             raise BundleError(
                 f"{path}: encoder weights do not match {self.bundle.encoder}: {exc}"

@@ -48,20 +48,35 @@ def model_card(cfg: TrainConfig, metrics: dict, n_train: int, n_dev: int) -> str
     encoder = (
         "last stage fine-tuned on this data" if cfg.finetune_encoder else "frozen"
     ) + ", ImageNet weights"
+    if cfg.decoder == "attention":
+        name = "Show, Attend and Tell (soft attention over the CNN's feature grid)"
+        decoder = f"attention {cfg.attention_size}, LSTM {cfg.hidden_size}"
+        if cfg.class_evidence:
+            decoder += ", attends to the encoder's own ImageNet class probabilities"
+    else:
+        name = "Show and Tell (CNN encoder -> LSTM decoder)"
+        decoder = f"LSTM {cfg.num_layers}x{cfg.hidden_size}"
+    scst = (
+        f"; then {cfg.scst_epochs} self-critical epochs (CIDEr-D reward, {cfg.scst_baseline} "
+        f"baseline, {cfg.scst_samples} samples per image, learning rate {cfg.scst_lr})"
+        if cfg.scst_epochs
+        else ""
+    )
     return f"""# captioner model
 
-Show and Tell (CNN encoder -> LSTM decoder) trained with captioner {__version__}.
+{name}, trained with captioner {__version__}.
 
 - **Data**: {cfg.dataset_format} at `{cfg.dataset_path}`, split `{cfg.train_split}` \
 ({n_train} images); best epoch chosen on `{cfg.dev_split}` ({n_dev} images).
 - **Encoder**: {cfg.encoder} ({encoder}), {get_spec(cfg.encoder).image_size} px.
-- **Decoder**: embedding {cfg.embed_size}, LSTM {cfg.num_layers}x{cfg.hidden_size}, \
-dropout {cfg.dropout}, vocabulary threshold {cfg.vocab_threshold}.
-- **Training**: {cfg.epochs} epochs, batch {cfg.batch_size}, learning rate {cfg.learning_rate} \
-({cfg.lr_schedule}), label smoothing {cfg.label_smoothing}, seed {cfg.seed}; \
-best epoch {metrics.get("best_epoch")}; {metrics.get("train_seconds", 0) / 60:.1f} minutes.
+- **Decoder**: embedding {cfg.embed_size}, {decoder}, dropout {cfg.dropout}, vocabulary \
+threshold {cfg.vocab_threshold}.
+- **Training**: {cfg.epochs} cross-entropy epochs, batch {cfg.batch_size}, learning rate \
+{cfg.learning_rate} ({cfg.lr_schedule}), label smoothing {cfg.label_smoothing}{scst}; seed \
+{cfg.seed}; best epoch {metrics.get("best_epoch")}; \
+{metrics.get("train_seconds", 0) / 60:.1f} minutes.
 
-## Dev-split scores (beam {cfg.beam_size}, pycocoevalcap)
+## Dev-split scores (beam {cfg.beam_size}, length penalty {cfg.length_penalty}, pycocoevalcap)
 
 | metric | value |
 |---|---|
