@@ -1,11 +1,14 @@
 """Web API figures (issue 3): a 20-image upload, 16 concurrent clients, resident memory.
 
     python bench/server_load.py [--images ../shared/data/flickr8k] [--seconds 30]
+    python bench/server_load.py --clients 32 --seconds 60 --with-job   # issue 9's figure
 
 Starts `captioner serve` on a free loopback port with the bundled model, then:
 1. POST /api/captions with 20 dev photos, 5 times: median seconds per request (target <= 1.5 s);
 2. 16 client threads each posting single photos for --seconds: errors, throughput, p50/p95;
 3. the server's resident memory (VmRSS) after start-up and after the load (target <= 600 MB).
+With --with-job, a training job (Flickr8k subset, linked into a data root) runs in the
+background during step 2, and the job's state before and after the load is printed.
 """
 
 from __future__ import annotations
@@ -31,11 +34,48 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def link_subset(flickr: Path, state: Path, n: int = 1000) -> str:
+    """A Flickr8k folder of n training photos (+100 dev) linked into a data root."""
+    root = state / "data" / "flickr"
+    (root / "images").mkdir(parents=True)
+    train = (flickr / "Flickr_8k.trainImages.txt").read_text().split()[:n]
+    dev = (flickr / "Flickr_8k.devImages.txt").read_text().split()[:100]
+    for name in train + dev:
+        (root / "images" / name).symlink_to((flickr / "images" / name).resolve())
+    wanted = set(train + dev)
+    lines = [
+        x
+        for x in (flickr / "Flickr8k.token.txt").read_text().splitlines()
+        if x.split("#")[0] in wanted
+    ]
+    (root / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    (root / "Flickr_8k.trainImages.txt").write_text("\n".join(train) + "\n")
+    (root / "Flickr_8k.devImages.txt").write_text("\n".join(dev) + "\n")
+    return str(state / "data")
+
+
+def start_job(base: str) -> str:
+    """Start training and wait until it is past feature extraction and taking steps."""
+    job = httpx.post(
+        f"{base}/api/jobs", json={"dataset_path": "flickr", "epochs": 50}, timeout=60
+    ).json()["id"]
+    for _ in range(1200):
+        state = httpx.get(f"{base}/api/jobs/{job}").json()
+        if state["state"] != "running" and state["state"] != "queued":
+            raise RuntimeError(f"the job ended early: {state}")
+        if state["progress"].get("step"):
+            print(f"training job {job} is running: {state['progress']}")
+            return job
+        time.sleep(0.5)
+    raise RuntimeError("the job did not start training within 10 minutes")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=Path, default=Path("../shared/data/flickr8k"))
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--with-job", action="store_true", help="train a model during the load")
     args = p.parse_args()
     names = (args.images / "Flickr_8k.devImages.txt").read_text().split()[:100]
     photos = [(n, (args.images / "images" / n).read_bytes()) for n in names]
@@ -44,6 +84,11 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     state = tempfile.mkdtemp()
+    mode = (
+        ["--data-root", link_subset(args.images, Path(state))]
+        if args.with_job
+        else ["--disable-training"]
+    )
     server = subprocess.Popen(
         [
             sys.executable,
@@ -52,9 +97,9 @@ def main() -> None:
             "serve",
             "--port",
             str(port),
-            "--disable-training",
             "--state-dir",
             state,
+            *mode,
         ]
     )
     base = f"http://127.0.0.1:{port}"
@@ -80,6 +125,7 @@ def main() -> None:
             f"(runs: {', '.join(f'{t:.2f}' for t in times)})"
         )
 
+        job = start_job(base) if args.with_job else None
         latencies: list[float] = []
         errors: list[str] = []
         stop = time.perf_counter() + args.seconds
@@ -116,6 +162,10 @@ def main() -> None:
         for e in errors[:5]:
             print("  error:", e)
         print(f"server RSS after the load: {rss_mb(server.pid):.0f} MB")
+        if job:
+            after = httpx.get(f"{base}/api/jobs/{job}").json()
+            print(f"training job during the load: {after['state']}, progress {after['progress']}")
+            httpx.post(f"{base}/api/jobs/{job}/stop", timeout=60)
     finally:
         server.terminate()
         server.wait(timeout=30)
