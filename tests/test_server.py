@@ -206,13 +206,12 @@ def test_stop_and_resume_a_job(client, tmp_path):
     assert [h["epoch"] for h in job["history"]] == list(range(1, 61))
 
 
-@needs_flickr
 def test_restart_marks_running_jobs_interrupted(tmp_path):
     from captioner.config import TrainConfig
     from captioner.serving.jobs import JobStore
 
-    store = JobStore(tmp_path / "state" / "jobs.sqlite")
-    job_id = store.create(TrainConfig(dataset_path=FLICKR))
+    store = JobStore(tmp_path / "state" / "jobs.sqlite")  # no data needed: the job never runs
+    job_id = store.create(TrainConfig(dataset_path=tmp_path / "flickr8k"))
     store.update(job_id, state="running", pid=999_999_999)
     with TestClient(create_app(ServerSettings(state_dir=tmp_path / "state"))) as c:
         job = c.get(f"/api/jobs/{job_id}").json()
