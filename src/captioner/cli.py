@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import logging
 import sys
@@ -40,55 +41,61 @@ def find_images(paths: list[str]) -> tuple[list[Path], list[str]]:
     return found, problems
 
 
-class _PartialCsv:
-    """`captioner caption --csv FILE`: rows go to a temp file beside FILE as they are produced;
-    `keep()` renames it to FILE (at the end, or on Ctrl-C with the rows done so far), `drop()`
-    deletes it and leaves FILE as it was."""
+@contextlib.contextmanager
+def _csv_output(path: Path | None):
+    """A csv.writer into an atomic file, or None (print to stdout). Ctrl-C keeps the rows done
+    so far in FILE; with none done yet, FILE is left as it was."""
+    if path is None:
+        yield None
+        return
+    from .core.atomic import atomic_write
+    from .core.errors import ConfigError
 
-    def __init__(self, path: Path) -> None:
-        import tempfile
+    opened = atomic_write(path, newline="", keep_on=(_KeepRows,))
+    try:
+        fh = opened.__enter__()
+    except OSError as exc:
+        raise ConfigError(
+            f"--csv {path}: cannot write there ({exc.strerror}); choose another file"
+        ) from None
+    writer = _Flushing(csv.writer(fh), fh)
+    writer.writer.writerow(["image", "caption"])
+    try:
+        yield writer
+    except KeyboardInterrupt as exc:
+        if writer.rows:
+            keep = _KeepRows()
+            opened.__exit__(_KeepRows, keep, None)  # the rows so far become FILE
+        else:
+            opened.__exit__(type(exc), exc, exc.__traceback__)  # nothing to keep
+        raise
+    except BaseException as exc:
+        opened.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    opened.__exit__(None, None, None)
 
-        from .core.errors import ConfigError
 
-        self.path, self.rows = path, 0
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            raise ConfigError(
-                f"--csv {path}: cannot write there ({exc.strerror}); choose another file"
-            ) from None
-        self.tmp = Path(tmp)
-        self.fh = open(fd, "w", newline="", encoding="utf-8")  # noqa: SIM115 (keep or drop closes it)
-        self.writer = csv.writer(self.fh)
-        self.writer.writerow(["image", "caption"])
+class _KeepRows(Exception):  # noqa: N818 - tells atomic_write to keep a partial CSV
+    pass
 
-    def write(self, image: str, caption: str) -> None:
-        from .core.csvsafe import safe_row
 
-        self.writer.writerow(safe_row([image, caption]))  # file names are user input
+class _Flushing:
+    """A csv.writer that flushes each row, so an interrupted run keeps every finished row."""
+
+    def __init__(self, writer, fh) -> None:
+        self.writer, self.fh, self.rows = writer, fh, 0
+
+    def writerow(self, row: list[str]) -> None:
+        self.writer.writerow(row)
         self.fh.flush()
         self.rows += 1
-
-    def keep(self) -> None:
-        import os
-
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(self.tmp, 0o666 & ~mask)  # mkstemp makes 0600; a report is an ordinary file
-        os.replace(self.tmp, self.path)
-
-    def drop(self) -> None:
-        self.fh.close()
-        self.tmp.unlink(missing_ok=True)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     import warnings
 
     from . import Captioner
+    from .core.csvsafe import safe_row
     from .core.errors import ImageError
     from .vision.images import pixel_limit
 
@@ -105,45 +112,45 @@ def cmd_caption(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    out = _PartialCsv(args.csv) if args.csv else None
-    failed = len(problems)
+    failed, rows = len(problems), 0
     try:
-        cap = Captioner.load(args.model, max_pixels=args.max_pixels)
-        decode = cap.decoding.resolve(beam_size=args.beam_size, length_penalty=args.length_penalty)
-        for i in range(0, len(images), args.batch_size):
-            chunk = images[i : i + args.batch_size]
-            try:
-                pairs = list(zip(chunk, cap.caption(chunk, decode=decode), strict=True))
-            except ImageError:
-                pairs = []  # one bad file in the batch: retry one by one to isolate it
-                for path in chunk:
-                    try:
-                        pairs.append((path, cap.caption([path], decode=decode)[0]))
-                    except ImageError as exc:
-                        failed += 1
-                        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-            for path, caption in pairs:
-                if out:
-                    out.write(str(path), caption)
-                else:
-                    print(f"{path}\t{caption}", flush=True)
-    except KeyboardInterrupt:
-        if out:
-            out.keep()
-            print(
-                f"interrupted: kept the {out.rows} captions done so far in {out.path}",
-                file=sys.stderr,
+        # --csv: rows go to a temp file beside FILE as they are produced; it becomes FILE at
+        # the end, or on Ctrl-C with the rows done so far.
+        with _csv_output(args.csv) as writer:
+            cap = Captioner.load(args.model, max_pixels=args.max_pixels)
+            decode = cap.decoding.resolve(
+                beam_size=args.beam_size, length_penalty=args.length_penalty
             )
-        else:
-            print("interrupted", file=sys.stderr)
+            for i in range(0, len(images), args.batch_size):
+                chunk = images[i : i + args.batch_size]
+                try:
+                    pairs = list(zip(chunk, cap.caption(chunk, decode=decode), strict=True))
+                except ImageError:
+                    pairs = []  # one bad file in the batch: retry one by one to isolate it
+                    for path in chunk:
+                        try:
+                            pairs.append((path, cap.caption([path], decode=decode)[0]))
+                        except ImageError as exc:
+                            failed += 1
+                            print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+                for path, caption in pairs:
+                    if writer:
+                        writer.writerow(safe_row([path, caption]))  # file names are user input
+                        rows += 1
+                    else:
+                        print(f"{path}\t{caption}", flush=True)
+    except KeyboardInterrupt:
+        kept = ""
+        if args.csv:
+            kept = (
+                f": kept the {rows} captions done so far in {args.csv}"
+                if rows
+                else f": no captions yet; {args.csv} left as it was"
+            )
+        print("interrupted" + kept, file=sys.stderr)
         return 130
-    except BaseException:
-        if out:
-            out.drop()
-        raise
-    if out:
-        out.keep()
-        print(f"wrote {out.rows} captions to {out.path}", file=sys.stderr)
+    if args.csv:
+        print(f"wrote {rows} captions to {args.csv}", file=sys.stderr)
     return 1 if failed else 0
 
 

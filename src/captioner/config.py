@@ -146,7 +146,7 @@ class TrainConfig(BaseModel):
     )
     scst_samples: int = Field(5, ge=1, le=32, description="sampled captions per image")
     scst_batch_size: int = Field(32, ge=1, le=4096, description="images per self-critical step")
-    seed: int = Field(42, description="random seed (runs are reproducible)")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="random seed (runs are reproducible)")
     # decoding used for dev scores and saved in the bundle as the model's default
     beam_size: int = _decode_field("beam_size")
     length_penalty: float = _decode_field("length_penalty")
@@ -209,6 +209,7 @@ _LATER = {
     "class_evidence",
     "scst_epochs",
     "scst_lr",
+    "scst_baseline",
     "scst_samples",
     "scst_batch_size",
 }

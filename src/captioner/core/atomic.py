@@ -13,15 +13,31 @@ from pathlib import Path
 from typing import IO
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    # Read once at import: setting the umask to read it is process-wide, and a server thread
+    # creating a file in that moment would make it world-writable.
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
+UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return UMASK
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
-    """Open a temp file beside `path`; on success it replaces `path`, on error it vanishes."""
+def atomic_write(
+    path: str | Path,
+    mode: str = "w",
+    keep_on: tuple[type[BaseException], ...] = (),
+    **open_kwargs,
+) -> Iterator[IO]:
+    """Open a temp file beside `path`; on success it replaces `path`, on error it vanishes.
+    On an exception listed in `keep_on` (e.g. KeyboardInterrupt for a long report) what was
+    written so far replaces `path` before the exception goes on."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,14 +47,22 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
         if "b" not in mode:
             open_kwargs.setdefault("encoding", "utf-8")
         with open(tmp_path, mode, **open_kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; saved files are ordinary
-        os.replace(tmp_path, path)
+            try:
+                yield fh
+            except keep_on:
+                _finish(fh, tmp_path, path)
+                raise
+            _finish(fh, tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _finish(fh: IO, tmp_path: Path, path: Path) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; saved files are ordinary
+    os.replace(tmp_path, path)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -470,8 +470,9 @@ class JobRunner:
                 f"the training process (pid {worker.pid}, adopted after a server restart) "
                 "ended without recording a result; resume to continue",
             )
-        elif code == EX_LOCKED:
-            state, error = "failed", _last_line(self.runs_dir / job_id / WORKER_LOG)
+        elif code == EX_LOCKED:  # another process trains into the folder: not this job's failure
+            state = "interrupted"
+            error = f"{_last_line(self.runs_dir / job_id / WORKER_LOG)}; resume once it has ended"
         else:
             error = f"the training process {describe_exit(code or 0)}"
             if code and code > 0 and (last := _last_line(self.runs_dir / job_id / WORKER_LOG)):

@@ -389,8 +389,16 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
                 raise ValueError
         except ValueError:
             raise HTTPException(400, "send the training settings as a JSON object") from None
-        body.pop("cache_dir", None)  # the server decides where caches live
+        for key in ("cache_dir", "device"):  # the server decides these
+            body.pop(key, None)
         preset = body.pop("preset", None)
+        unknown = sorted(set(body) - set(TrainConfig.model_fields))
+        if unknown:  # e.g. make_config's own `file` argument must never come from the web
+            raise HTTPException(
+                422,
+                f"unknown training settings: {', '.join(unknown)}; "
+                "GET /api/config/schema lists them",
+            )
         cfg = make_config(preset=preset or None, **body)  # the CLI's path: ConfigError -> 422
         fields = path_fields(TrainConfig)  # every path a user gives, now and in future fields
         try:

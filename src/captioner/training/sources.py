@@ -130,7 +130,8 @@ class FinetunedEncoder:
 
     def __init__(self, cfg: TrainConfig, data: Data, device: torch.device) -> None:
         self.cfg, self.data = cfg, data
-        self.encoder = Encoder(cfg.encoder, device, onnx=False)
+        grid = decoder_input(cfg.decoder) == "grid"
+        self.encoder = Encoder(cfg.encoder, device, onnx=False, grid=grid)
         self.tail = self.encoder.trainable_tail()
         self.feature_dim = self.encoder.spec.feature_dim
         size = self.encoder.spec.image_size

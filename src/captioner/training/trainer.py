@@ -168,13 +168,13 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     for epoch in range(start_epoch, cfg.epochs + cfg.scst_epochs):
         t_epoch = time.time()
         if epoch < cfg.epochs:
-            mean_loss = run.cross_entropy(epoch)
+            extra = {"loss": run.cross_entropy(epoch)}
         else:
             if epoch == cfg.epochs:  # self-critical training starts from the best XE epoch
                 model.load_state_dict(
                     {k: v for k, v in best_state.items() if not k.startswith("encoder.")}
                 )
-            mean_loss = run.self_critical(epoch)
+            extra = run.self_critical(epoch)  # policy-gradient loss and mean sample reward
         report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
         scores = dev_scores(
             model, data.vocab, source.dev_features(), data.dev_records, cfg.decoding
@@ -182,7 +182,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         line = {
             "epoch": epoch + 1,
             "phase": "xe" if epoch < cfg.epochs else "scst",
-            "loss": mean_loss,
+            **extra,
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.time() - t_epoch,
             **{f"dev_{k}": v for k, v in scores.items()},
@@ -314,7 +314,7 @@ class _Epochs:
             self._progress(epoch, s + 1, steps, total / (s + 1), {"phase": "xe"})
         return total / steps
 
-    def self_critical(self, epoch: int) -> float:
+    def self_critical(self, epoch: int) -> dict[str, float]:
         cfg, device = self.cfg, self.device
         if self.critic is None:
             self.critic = SelfCritical(cfg, self.data.vocab, self.data.train_refs)
@@ -322,19 +322,20 @@ class _Epochs:
             g["lr"] = cfg.scst_lr * g.get("lr_scale", 1.0)
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch)
         batches = image_batches(self.n_images, cfg.scst_batch_size, cfg.seed * 1000 + epoch)
-        total = 0.0
+        total, rewards = 0.0, 0.0
         for s, idx in enumerate(batches):
             images = torch.tensor(idx)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 feats = self.source.features(images, None, device)
                 loss, reward = self.critic.loss(self.model, feats, images, generator)
             self._update(loss)
-            total += reward
+            total, rewards = total + loss.item(), rewards + reward
             self._progress(
                 epoch,
                 s + 1,
                 len(batches),
-                loss.item(),
-                {"phase": "scst", "reward": total / (s + 1)},
+                total / (s + 1),
+                {"phase": "scst", "reward": rewards / (s + 1)},
             )
-        return total / max(1, len(batches))
+        n = max(1, len(batches))
+        return {"loss": total / n, "reward": rewards / n}
