@@ -232,6 +232,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     from .core.progress import ConsoleReporter
+    from .decoders.registry import decoder_input
     from .vision.features import extract_features
     from .vision.registry import get_spec
 
@@ -245,8 +246,10 @@ def cmd_features(args: argparse.Namespace) -> int:
                 cache_dir=args.cache_dir,
                 workers=args.workers,
                 report=progress,
+                grid=decoder_input(args.decoder) == "grid",
             )
-        print(f"{split}: {feats.shape[0]} images x {feats.shape[1]} features cached")
+        shape = " x ".join(map(str, feats.shape[1:]))
+        print(f"{split}: {feats.shape[0]} images x {shape} features cached")
     return 0
 
 
@@ -272,6 +275,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not exposure.ok:
         raise ConfigError(exposure.message)
+    from .vision.images import pixel_limit
+
+    pixel_limit()  # a bad CAPTIONER_MAX_PIXELS fails at start, not on every upload
     settings = ServerSettings(
         model=args.model,
         allow_training=not args.disable_training,
@@ -369,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a model",
-        description="Train a Show-and-Tell model. Settings come from defaults, "
+        description="Train a caption model (Show and Tell, or soft attention with --decoder "
+        "attention). Settings come from defaults, "
         "then --preset, then --config (TOML/YAML), then flags. Re-running with "
         "the same --out resumes from the last checkpoint.",
     )
@@ -379,8 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default=None,
         choices=presets(),
-        help="named recipe shipped with captioner: seed-coco (the original "
-        "project's ResNet-50 COCO recipe)",
+        help="named recipe shipped with captioner: default (the bundled model's: attention, "
+        "class evidence, self-critical epochs) or seed-coco (the original project's ResNet-50 "
+        "COCO recipe)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(t)
@@ -561,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("features", parents=[data_flags], help="precompute the feature cache")
     f.add_argument(
         "--encoder", default="efficientnet_lite0", help="encoder name (default efficientnet_lite0)"
+    )
+    f.add_argument(
+        "--decoder",
+        choices=["show_and_tell", "attention"],
+        default="show_and_tell",
+        help="the decoder the features are for: attention caches spatial grids "
+        "(default show_and_tell: pooled features)",
     )
     f.add_argument("--splits", default="train,dev", help="comma-separated splits")
     f.add_argument("--workers", type=int, default=1, help="image-loading processes")
