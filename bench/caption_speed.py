@@ -1,6 +1,7 @@
-"""Captioning speed of the bundled model (issue: <=100 ms/image after load, <=5 s to first caption).
+"""Captioning speed of a model (default: the bundled one): ms per image after load, and
+seconds from launch to the first caption.
 
-    python bench/caption_speed.py --images ../shared/data/flickr8k --n 100 --runs 3
+    python bench/caption_speed.py --images ../shared/data/flickr8k --n 100 --runs 3 [--model DIR]
 
 Start-up is measured as a user sees it: a fresh `captioner caption ONE.jpg` process, from
 launch to its first output line (median of --runs). Throughput captions --n dev photos with
@@ -30,14 +31,16 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--beam-size", type=int, default=3)
+    p.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     args = p.parse_args()
+    model = ["--model", args.model] if args.model else []
     images = dev_images(args.images, args.n)
 
     startups = []
     for _ in range(args.runs):
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "captioner", "caption", str(images[0])],
+            [sys.executable, "-m", "captioner", "caption", str(images[0]), *model],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -53,7 +56,7 @@ def main() -> None:
     from captioner import Captioner
 
     t0 = time.perf_counter()
-    cap = Captioner.load()
+    cap = Captioner.load(args.model)
     print(f"model load in-process: {time.perf_counter() - t0:.2f} s")
     cap.caption(images[:4], beam_size=args.beam_size)  # warm-up
     per_image = []
