@@ -95,4 +95,5 @@ def test_scst_settings_are_checked():
         make_config(dataset_path="d", scst_epochs=1, scst_samples=1)
     with pytest.raises(ConfigError, match="cannot be combined with finetune_encoder"):
         make_config(dataset_path="d", scst_epochs=1, finetune_encoder=True)
-    assert make_config(preset="default", dataset_path="d").scst_epochs > 0
+    default = make_config(preset="default", dataset_path="d")
+    assert (default.decoder, default.class_evidence) == ("attention", True)
