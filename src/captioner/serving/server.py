@@ -14,6 +14,7 @@ import csv
 import hmac
 import io
 import json
+import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -259,13 +260,22 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
             return {"deleted": model_id}
 
     @app.get("/api/models/{model_id}/download")
-    def download_model(model_id: str) -> Response:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    def download_model(model_id: str) -> StreamingResponse:
+        # Zipped into a temp file that spills to disk past 8 MB, then streamed: a fine-tuned
+        # encoder's bundle is ~100 MB, which must not sit in memory per request.
+        spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 (closed by chunks())
+        with zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as z:
             for f in models.files(model_id):
                 z.write(f, f"{model_id}/{f.name}")
-        return Response(
-            buf.getvalue(),
+        spool.seek(0)
+
+        def chunks():
+            with spool:
+                while block := spool.read(1024 * 1024):
+                    yield block
+
+        return StreamingResponse(
+            chunks(),
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="captioner-{model_id}.zip"'},
         )
@@ -448,7 +458,7 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
         async def stream():
             last = None
             while not await request.is_disconnected():
-                job = store.get(job_id)
+                job = await run_in_threadpool(store.get, job_id)  # SQLite off the event loop
                 snapshot = json.dumps(
                     {k: v for k, v in job.items() if k != "log"} | {"log": job["log"][-4000:]}
                 )
