@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +63,23 @@ def captions_csv(photo_dir: Path) -> Path:
 def _feature_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     # One cache per test session, never the user's ~/.cache.
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@contextlib.contextmanager
+def serve_in_thread(app):
+    """Run an ASGI app with Uvicorn on a free loopback port in a thread; yields the port."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import csv
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_flickr
+from conftest import needs_flickr, serve_in_thread
 from test_server import flickr_subset
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -23,24 +20,13 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """The real app on a free loopback port, served by Uvicorn in a thread."""
-    import uvicorn
-
     from captioner.serving.server import ServerSettings, create_app
 
     root = tmp_path_factory.mktemp("live")
     (root / "data").mkdir()
     app = create_app(ServerSettings(state_dir=root / "state", data_roots=[root / "data"]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", root / "data"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(app) as port:
+        yield f"http://127.0.0.1:{port}", root / "data"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from captioner.data.vocab import tokenize
 from captioner.vision import class_words as cw_module
 from captioner.vision import classes
 from captioner.vision.classes import class_head, class_names, class_words, word_scores
-from captioner.vision.encoders import Encoder
+from captioner.vision.encoders import Encoder, pretrained_state
+from captioner.vision.registry import get_spec
 
 DOGS = range(151, 269)  # Chihuahua .. Mexican hairless
 
@@ -101,7 +102,7 @@ def test_head_matches_the_full_network(photo_dir: Path, lite0):
     image = Image.open(photo_dir / "chelsea.jpg").convert("RGB")
     pixels = torch.from_numpy(encoder.preprocess(image).copy())[None]
     net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(classes._lite_state(0))
+    net.load_state_dict(pretrained_state(get_spec("efficientnet_lite0")))
     x = (pixels.permute(0, 3, 1, 2).float() - 127.0) / 128.0
     with torch.no_grad():
         want = net.eval()(x)

@@ -10,11 +10,11 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import serve_in_thread
 from fastapi.testclient import TestClient
 
 from captioner.serving.security import check_exposure, session_value
@@ -213,20 +213,9 @@ def test_caption_rate_limit_gives_429_with_retry_after(tmp_path, photo_dir):
 @pytest.fixture
 def live(tmp_path):
     """The real app on a free loopback port, served by Uvicorn in a thread."""
-    import uvicorn
-
     app = create_app(ServerSettings(state_dir=tmp_path / "state", max_request_mb=1))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(app) as port:
+        yield port
 
 
 def raw_request(port: int, head: str, body: bytes = b"") -> bytes:
@@ -341,47 +330,34 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed")
 def test_login_flow_in_chromium(tmp_path):
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
     app = create_app(ServerSettings(state_dir=tmp_path / "state", token=TOKEN))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-            )
-            context = browser.new_context()
-            page = context.new_page()
-            page.goto(base + "/models")
-            assert page.url == base + "/login?next=/models"
-            page.fill("#token", "wrong")
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "failed=1" in url)
-            assert "not right" in page.locator("#status").inner_text()
-            page.fill("#token", TOKEN)
-            page.click("button[type=submit]")
-            page.wait_for_url(base + "/models")
-            page.wait_for_selector("#models .card")  # the page's fetch calls carry the cookie
-            assert "bundled" in page.locator("#models").inner_text()
-            (cookie,) = context.cookies()
-            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
-            assert cookie["value"] == session_value(TOKEN)
-            # Logged out, an API call from the page (a 401) sends the user to the login form.
-            context.clear_cookies()
-            page.evaluate("import('/static/app.js').then(m => m.api('/api/models')).catch(() => 0)")
-            page.wait_for_url(lambda url: url == base + "/login?next=%2Fmodels")
-            page.goto(base + "/")
-            page.wait_for_url(lambda url: "/login?next=" in url)
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_thread(app) as port, sync_playwright() as pw:
+        base = f"http://127.0.0.1:{port}"
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(base + "/models")
+        assert page.url == base + "/login?next=/models"
+        page.fill("#token", "wrong")
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "failed=1" in url)
+        assert "not right" in page.locator("#status").inner_text()
+        page.fill("#token", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/models")
+        page.wait_for_selector("#models .card")  # the page's fetch calls carry the cookie
+        assert "bundled" in page.locator("#models").inner_text()
+        (cookie,) = context.cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert cookie["value"] == session_value(TOKEN)
+        # Logged out, an API call from the page (a 401) sends the user to the login form.
+        context.clear_cookies()
+        page.evaluate("import('/static/app.js').then(m => m.api('/api/models')).catch(() => 0)")
+        page.wait_for_url(lambda url: url == base + "/login?next=%2Fmodels")
+        page.goto(base + "/")
+        page.wait_for_url(lambda url: "/login?next=" in url)
+        browser.close()

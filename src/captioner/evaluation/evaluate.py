@@ -25,24 +25,18 @@ def dev_scores(
     features: torch.Tensor,
     records: Sequence[Record],
     decode: DecodeConfig,
+    final: bool = False,
 ) -> dict[str, float]:
-    """Fast per-epoch scores: captioner's own tokenizer (no Java start-up, ~0.001 from PTB)."""
+    """Dev-split scores. Per epoch: BLEU and CIDEr-D with captioner's own tokenizer (no Java
+    start-up, ~0.001 from PTB). `final`: every metric through the official PTB tokenizer when
+    Java exists (else no METEOR)."""
     caps = caption_features(model, vocab, features, decode)
+    if final:
+        return score_records(
+            records, caps, ALL_METRICS if has_java() else ("bleu", "rouge", "cider")
+        )
     scores = score_records(records, caps, ("bleu", "cider"), tokenizer="simple")
     return {k: scores[k] for k in ("BLEU-4", "CIDEr", "BLEU-1", "mean_length")}
-
-
-def final_scores(
-    model: nn.Module,
-    vocab: Vocabulary,
-    features: torch.Tensor,
-    records: Sequence[Record],
-    decode: DecodeConfig,
-) -> dict[str, float]:
-    """All metrics through the official PTB tokenizer when Java exists (else no METEOR)."""
-    caps = caption_features(model, vocab, features, decode)
-    metrics = ALL_METRICS if has_java() else ("bleu", "rouge", "cider")
-    return score_records(records, caps, metrics)
 
 
 def evaluate_model(

