@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from captioner.data.vocab import SPECIALS, Vocabulary, tokenize
 from captioner.decoders.attention import ShowAttendTell
 from captioner.decoders.base import DecoderConfig as ModelConfig
 from captioner.decoders.registry import build_decoder
-from captioner.decoders.search import beam_search, greedy, sample
+from captioner.decoders.search import beam_search, beam_search_nbest, greedy, sample
 from captioner.decoders.show_and_tell import ShowAndTell
 
 KINDS = ["show_and_tell", "attention"]
@@ -101,23 +102,33 @@ def _features(kind: str, n: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _exhaustive(m, feat: torch.Tensor, max_len: int, alpha: float):
-    """Score every sequence of up to max_len tokens (words then <end>) the way beam search may."""
+def _ranked(m, feat, max_len, alpha, penalty=0.0, repeatable=None, bonus=None):
+    """Every sequence of up to max_len tokens (words then <end>), scored the way beam search
+    ranks them (repetition penalty and word bonus included), best first, as
+    (ranking score, words, the model's own log-probability)."""
     words = list(range(len(SPECIALS), 7))
-    best, best_seq = float("-inf"), None
+    out = []
     for n in range(0, max_len):
         for seq in itertools.product(words, repeat=n):
             tokens = [Vocabulary.start_id, *seq]
             state = m.init_state(feat)
-            total = 0.0
+            total, guided = 0.0, 0.0
             for i, tok in enumerate(tokens):
                 logp, state = m.step(torch.tensor([tok]), state)
                 nxt = seq[i] if i < len(seq) else Vocabulary.end_id
                 total += float(logp[0, nxt])
-            norm = total / (len(seq) + 1) ** alpha if alpha else total
-            if norm > best:
-                best, best_seq = norm, list(seq)
-    return best_seq
+                guided += float(logp[0, nxt])
+                if nxt in seq[:i]:
+                    guided -= penalty * (penalty > 0 and not repeatable[nxt])
+                elif bonus is not None:
+                    guided += float(bonus[nxt])
+            norm = guided / (len(seq) + 1) ** alpha if alpha else guided
+            out.append((norm, list(seq), total))
+    return sorted(out, key=lambda r: -r[0])
+
+
+def _exhaustive(m, feat: torch.Tensor, max_len: int, alpha: float):
+    return _ranked(m, feat, max_len, alpha)[0][1]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -137,6 +148,45 @@ def test_beam_search_matches_exhaustive_search(alpha, kind):
                 assert wide[i] == best
                 checked_greedy_differs |= narrow[i] != best
     assert checked_greedy_differs, "test would not catch a beam search that is only greedy"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
+def test_nbest_guard_and_bonus_match_exhaustive_search(kind):
+    """The n best of a beam wide enough for exact search are the exhaustive top n, with the
+    model's own log-probability and confidence, under the repetition guard and a word bonus."""
+    max_len = 4
+    repeatable = torch.tensor([True] * 4 + [True, False, False])  # word 4 may repeat
+    best = {}  # (setting, seed, image) -> the 3 best
+    for seed in range(6):
+        m = _tiny_model(seed, kind)
+        feats = _features(kind, 2, seed)
+        bonus = torch.zeros(2, 7)
+        bonus[:, 6] = 1.5  # as if the classifier saw what word 6 names
+        for penalty, word_bonus in ((0.0, None), (3.0, None), (0.0, bonus), (3.0, bonus)):
+            found = beam_search_nbest(
+                m, feats, 27, max_len, 0.7, penalty, repeatable, n_best=3, word_bonus=word_bonus
+            )
+            for i in range(2):
+                want = _ranked(
+                    m,
+                    feats[i : i + 1],
+                    max_len,
+                    0.7,
+                    penalty,
+                    repeatable,
+                    None if word_bonus is None else word_bonus[i],
+                )[:3]
+                assert [h.ids for h in found[i]] == [w for _, w, _ in want]
+                for h, (_, _, total) in zip(found[i], want, strict=True):
+                    assert h.logprob == pytest.approx(total, abs=1e-4)
+                    assert h.confidence == pytest.approx(math.exp(total / (len(h.ids) + 1)))
+                    assert 0 < h.confidence <= 1
+                best[penalty, word_bonus is None, seed, i] = [h.ids for h in found[i]]
+    # The guard and the bonus each really change some rankings.
+    plain = {k[2:]: v for k, v in best.items() if k[:2] == (0.0, True)}
+    assert any(v != plain[k[2:]] for k, v in best.items() if k[:2] == (3.0, True))
+    assert any(v != plain[k[2:]] for k, v in best.items() if k[:2] == (0.0, False))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,47 @@ from .config import DecodeConfig
 from .core.errors import BundleError
 from .data.vocab import Vocabulary
 from .decoders.registry import decoder_input
-from .decoders.search import beam_search
+from .decoders.search import decode_nbest
 from .storage.bundle import load_bundle
 from .vision.encoders import Encoder
 from .vision.images import open_image, pixel_limit
 
 ImageLike = str | Path | Image.Image
+
+# Tags below this probability are left out: the ImageNet head spreads the rest over look-alikes.
+TAG_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class Tag:
+    """An object the encoder's ImageNet classifier sees, e.g. Tag("zebra", 0.93)."""
+
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Alternative:
+    caption: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Description:
+    """Everything captioner says about one image.
+
+    confidence: the geometric mean of the decoder's probabilities of the caption's words and
+    its end (exp of the mean log-probability), in (0, 1]; low values mean the model hesitated.
+    tags: up to `tags` ImageNet classes at >= the threshold, most likely first.
+    alternatives: the n best captions of the beam, best first (the first is `caption`)."""
+
+    caption: str
+    confidence: float
+    tags: list[Tag] = field(default_factory=list)
+    alternatives: list[Alternative] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def default_model_path() -> Path:
@@ -81,17 +118,56 @@ class Captioner:
         """One caption per image, in order. Decoding: `decode`, else the model's own settings
         with any of beam_size/max_len/length_penalty replaced. Raises ImageError (an OSError)
         for unreadable files."""
-        if isinstance(images, (str, Path, Image.Image)):
-            images = [images]
         decode = (decode or self.decoding).resolve(
             beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
         )
-        out: list[str] = []
+        found = self.describe(images, tags=0, batch_size=batch_size, decode=decode)
+        return [d.caption for d in found]
+
+    def describe(
+        self,
+        images: Sequence[ImageLike] | ImageLike,
+        alternatives: int = 1,
+        tags: int = 5,
+        tag_threshold: float = TAG_THRESHOLD,
+        batch_size: int = 16,
+        decode: DecodeConfig | None = None,
+    ) -> list[Description]:
+        """Per image: caption, confidence, up to `tags` tags and, with alternatives=n > 1, the
+        n best captions (the beam widens to n if it is narrower)."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        if not 1 <= alternatives <= 20 or not 0 <= tags <= 20:
+            raise ValueError("alternatives must be 1..20 and tags 0..20")
+        decode = decode or self.decoding
+        out: list[Description] = []
         for i in range(0, len(images), batch_size):
             pixels = [self.encoder.preprocess(self.open(im)) for im in images[i : i + batch_size]]
             feats = self.encoder(torch.from_numpy(np.stack(pixels)))
-            seqs = beam_search(
-                self.bundle.model, feats, decode.beam_size, decode.max_len, decode.length_penalty
-            )
-            out.extend(self.vocab.decode(s) for s in seqs)
+            found = decode_nbest(self.bundle.model, self.vocab, feats, decode, alternatives)
+            seen = self._tags(feats, tags, tag_threshold) if tags else [[] for _ in found]
+            for hyps, image_tags in zip(found, seen, strict=True):
+                alts = [Alternative(self.vocab.decode(h.ids), h.confidence) for h in hyps]
+                out.append(
+                    Description(
+                        alts[0].caption,
+                        alts[0].confidence,
+                        image_tags,
+                        alts if alternatives > 1 else [],
+                    )
+                )
         return out
+
+    @cached_property
+    def class_head(self):
+        """The encoder's ImageNet classifier (NoClassHead for encoders without one)."""
+        from .vision.classes import class_head
+
+        return class_head(self.bundle.encoder).to(self.device)
+
+    def _tags(self, feats: torch.Tensor, k: int, threshold: float) -> list[list[Tag]]:
+        pooled = feats.float().mean(dim=1) if feats.ndim == 3 else feats
+        return [
+            [Tag(str(t["label"]), float(t["probability"])) for t in row]
+            for row in self.class_head.top(pooled, k, threshold)
+        ]

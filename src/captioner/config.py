@@ -41,6 +41,20 @@ class DecodeConfig(BaseModel):
         description="beam length normalisation: score / length**penalty "
         "(0 = most probable sequence; larger favours longer captions)",
     )
+    repetition_penalty: float = Field(
+        0.0,
+        ge=0,
+        le=20,
+        description="log-probability taken off a content word the caption already holds (0 = off)",
+    )
+    class_guidance: float = Field(
+        0.0,
+        ge=0,
+        le=20,
+        description="log-probability bonus for words naming what the encoder's ImageNet "
+        "classifier recognises (x its probability), until the caption uses them; "
+        "models with class evidence only (0 = off)",
+    )
 
     def resolve(self, **overrides: object) -> DecodeConfig:
         """This config with the given (non-None) settings replaced, validated."""
@@ -150,6 +164,8 @@ class TrainConfig(BaseModel):
     # decoding used for dev scores and saved in the bundle as the model's default
     beam_size: int = _decode_field("beam_size")
     length_penalty: float = _decode_field("length_penalty")
+    repetition_penalty: float = _decode_field("repetition_penalty")
+    class_guidance: float = _decode_field("class_guidance")
     # machinery
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     workers: int = Field(1, ge=0, le=64, description="image-loading processes for features")
@@ -178,7 +194,11 @@ class TrainConfig(BaseModel):
     @property
     def decoding(self) -> DecodeConfig:
         return DecodeConfig(
-            beam_size=self.beam_size, max_len=self.max_len, length_penalty=self.length_penalty
+            beam_size=self.beam_size,
+            max_len=self.max_len,
+            length_penalty=self.length_penalty,
+            repetition_penalty=self.repetition_penalty,
+            class_guidance=self.class_guidance,
         )
 
     def fingerprint(self) -> dict:
@@ -193,6 +213,8 @@ class TrainConfig(BaseModel):
             "cache_dir",
             "beam_size",
             "length_penalty",
+            "repetition_penalty",
+            "class_guidance",
         }
         dump = self.model_dump(mode="json", exclude=skip)
         return {

@@ -11,6 +11,13 @@ SPECIALS = (PAD, START, END, UNK)
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
+# Words a caption may repeat ("a man in a red shirt"); the decoder's repetition guard penalises
+# repeating any other word ("a man and a man").
+_FUNCTION = """a an the and or of in on at to into onto over under near by with without from
+for while as is are be being its his her their he she they it one two three another other each
+some up down out off through behind front next top"""
+FUNCTION_WORDS = frozenset(_FUNCTION.split())
+
 
 def tokenize(text: str) -> list[str]:
     """Lower-case words; punctuation is dropped (captions are scored without it anyway)."""
@@ -56,6 +63,10 @@ class Vocabulary:
             if i >= len(SPECIALS):
                 words.append(self.itos[i])
         return " ".join(words)
+
+    def repeatable(self) -> list[bool]:
+        """Per id: may this word appear twice in a caption (function words and specials)."""
+        return [i < len(SPECIALS) or w in FUNCTION_WORDS for i, w in enumerate(self.itos)]
 
     def to_json(self) -> dict:
         return {"words": self.itos}
