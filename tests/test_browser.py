@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import needs_flickr, serve_in_thread
+from conftest import FLICKR, needs_flickr, serve_in_thread
 from test_server import flickr_subset
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -66,7 +66,96 @@ def test_upload_two_photos_see_captions_and_download_csv(live, page, photo_dir, 
     saved = tmp_path / "captions.csv"
     download.value.save_as(saved)
     rows = list(csv.reader(saved.open()))
-    assert rows == [["image", "caption"], ["coffee.jpg", captions[0]], ["rocket.jpg", captions[1]]]
+    assert rows[0] == ["image", "caption", "confidence", "tags"]
+    assert [r[:2] for r in rows[1:]] == [["coffee.jpg", captions[0]], ["rocket.jpg", captions[1]]]
+    assert 0 < float(rows[1][2]) < 1 and rows[1][3].startswith("espresso:")
+
+
+def test_cards_show_tags_mark_low_confidence_and_can_be_removed(live, page, photo_dir, tmp_path):
+    base, _ = live
+    photos = [photo_dir / "coffee.jpg", photo_dir / "chelsea.jpg"]  # the model is unsure of both
+    sure = FLICKR / "images" / "3265162450_5b4e3c5f1b.jpg"  # "three dogs playing in the snow"
+    if sure.is_file():
+        shutil.copy(sure, tmp_path / "dogs.jpg")
+        photos.append(tmp_path / "dogs.jpg")
+    page.goto(base + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#files", [str(p) for p in photos])
+    page.wait_for_function(
+        f"document.querySelectorAll('.caption:not(.pending)').length === {len(photos)}",
+        timeout=60_000,
+    )
+    cards = page.locator(".card")
+    coffee, cat = cards.nth(0), cards.nth(1)
+    assert coffee.locator(".tag").first.inner_text().startswith("espresso")
+    assert "cat" in cat.locator(".tags").inner_text()  # Egyptian cat, tiger cat, tabby
+    for card in (coffee, cat):
+        assert "low" in card.get_attribute("class").split()
+        assert card.locator(".confidence").inner_text().startswith("Low confidence (0.")
+    if len(photos) == 3:
+        dogs = cards.nth(2)
+        assert "low" not in dogs.get_attribute("class").split()
+        assert dogs.locator(".confidence").inner_text().startswith("Confidence 0.6")
+    cat.get_by_role("button", name="Remove chelsea.jpg").click()
+    assert page.locator(".card").count() == len(photos) - 1
+    assert (
+        f"{len(photos) - 1} of {len(photos) - 1} captioned" in page.locator("#status").inner_text()
+    )
+    with page.expect_download() as download:
+        page.click("#csv")
+    saved = tmp_path / "captions.csv"
+    download.value.save_as(saved)
+    assert [r[0] for r in csv.reader(saved.open())][1:] == [
+        p.name for p in photos if p.stem != "chelsea"
+    ]
+    page.click("#clear")
+
+
+def test_pick_a_whole_folder(live, page, photo_dir, tmp_path):
+    base, _ = live
+    folder = tmp_path / "holiday"
+    (folder / "day2").mkdir(parents=True)
+    shutil.copy(photo_dir / "rocket.jpg", folder / "photo10.jpg")
+    shutil.copy(photo_dir / "coffee.jpg", folder / "photo2.jpg")
+    shutil.copy(photo_dir / "chelsea.jpg", folder / "day2" / "cat.jpg")
+    (folder / "notes.txt").write_text("not a photo")
+    page.goto(base + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#folder", str(folder))
+    page.wait_for_function(
+        "document.querySelectorAll('.caption:not(.pending)').length === 3", timeout=60_000
+    )
+    names = page.locator(".card .name").all_inner_texts()
+    assert names == ["holiday/day2/cat.jpg", "holiday/photo2.jpg", "holiday/photo10.jpg"]
+    assert "1 file skipped: not images" in page.locator("#status").inner_text()
+    page.click("#clear")
+
+
+def test_drop_photos_on_the_page(live, page, photo_dir):
+    import base64
+
+    base, _ = live
+    page.goto(base + "/")
+    page.wait_for_selector("#model option", state="attached")
+    jpeg = base64.b64encode((photo_dir / "rocket.jpg").read_bytes()).decode()
+    page.evaluate(
+        """jpeg => {
+          const bytes = Uint8Array.from(atob(jpeg), c => c.charCodeAt(0));
+          const data = new DataTransfer();
+          data.items.add(new File([bytes], "rocket.jpg", { type: "image/jpeg" }));
+          data.items.add(new File(["not a photo"], "notes.txt", { type: "text/plain" }));
+          document.getElementById("drop").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+        }""",
+        jpeg,
+    )
+    page.wait_for_function(
+        "document.querySelectorAll('.caption:not(.pending)').length === 1", timeout=60_000
+    )
+    assert page.locator(".card .name").all_inner_texts() == ["rocket.jpg"]
+    assert "(1 file skipped: not images)" in page.locator("#status").inner_text()
+    assert page.locator(".card .tag").count() >= 1
+    page.click("#clear")
 
 
 def test_keyboard_reaches_the_upload_zone(live, page):

@@ -84,15 +84,49 @@ def test_caption_uploads_json_and_csv(client, photo_dir):
     res = client.post(
         "/api/captions",
         files=upload(photo_dir, "rocket.jpg", "coffee.jpg"),
+        data={"beam_size": "3"},
         headers={"Accept": "text/csv"},
     )
     assert res.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(res.text)))
-    assert rows[0] == ["image", "caption"] and [r[0] for r in rows[1:]] == [
-        "rocket.jpg",
-        "coffee.jpg",
-    ]
+    assert rows[0] == ["image", "caption", "confidence", "tags"]
+    assert [r[0] for r in rows[1:]] == ["rocket.jpg", "coffee.jpg"]
     assert rows[2][1] == body[0]["caption"]  # same photo, same caption
+    assert float(rows[2][2]) == pytest.approx(body[0]["confidence"], abs=1e-3)
+    labels = [t.rsplit(":", 1)[0] for t in rows[2][3].split("; ")] if rows[2][3] else []
+    assert labels == [t["label"] for t in body[0]["tags"]]
+
+
+def test_captions_carry_confidence_tags_and_alternatives(client, photo_dir):
+    res = client.post("/api/captions", files=upload(photo_dir, "chelsea.jpg", "coffee.jpg"))
+    assert res.status_code == 200
+    for r in res.json():
+        assert 0 < r["confidence"] <= 1 and "alternatives" not in r
+        probs = [t["probability"] for t in r["tags"]]
+        assert probs == sorted(probs, reverse=True) and all(0.1 <= p <= 1 for p in probs)
+        assert 1 <= len(r["tags"]) <= 5 and all(t["label"] for t in r["tags"])
+    chelsea, coffee = res.json()
+    assert "cat" in " ".join(t["label"] for t in chelsea["tags"])  # tabby, tiger cat...
+    res = client.post(
+        "/api/captions",
+        files=upload(photo_dir, "chelsea.jpg", "coffee.jpg"),
+        data={"alternatives": "3", "beam_size": "3"},
+    )
+    assert res.status_code == 200
+    for r, plain in zip(res.json(), [chelsea, coffee], strict=True):
+        alts = r["alternatives"]
+        assert len(alts) == 3 and len({a["caption"] for a in alts}) == 3
+        assert alts[0] == {"caption": r["caption"], "confidence": r["confidence"]}
+        assert r["tags"] == plain["tags"]  # the same photo, the same classes
+    for bad in ("0", "6", "many"):
+        res = client.post(
+            "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"alternatives": bad}
+        )
+        assert res.status_code == 422 and "alternatives" in json.dumps(res.json()["detail"])
+    res = client.post(
+        "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"alternatives": "9"}
+    )
+    assert "must be 1 to 5" in res.json()["detail"]
 
 
 def test_caption_errors_are_actionable(client, photo_dir):
@@ -269,3 +303,37 @@ def test_server_csv_cells_cannot_run_as_formulas(client, photo_dir):
         "'@SUM.jpg",
         "plain.jpg",
     ]
+
+
+def test_batcher_merges_requests_only_when_their_options_match(photo_dir):
+    import asyncio
+
+    from captioner import Captioner
+    from captioner.serving.batcher import Batcher
+
+    cap = Captioner.load()
+    calls: list[tuple[int, int]] = []
+    describe = cap.describe
+
+    def counting(images, **options):  # the real describe, counting each batch it is given
+        calls.append((len(images), options["alternatives"]))
+        return describe(images, **options)
+
+    cap.describe = counting
+    coffee, cat = (cap.open(photo_dir / n) for n in ("coffee.jpg", "chelsea.jpg"))
+
+    async def clients():
+        batcher = Batcher()
+        return await asyncio.gather(
+            batcher.describe(cap, [coffee] * 8, cap.decoding),  # keeps the worker busy
+            batcher.describe(cap, [cat], cap.decoding),
+            batcher.describe(cap, [coffee], cap.decoding),
+            batcher.describe(cap, [cat], cap.decoding, alternatives=2),
+        )
+
+    busy, one, two, alts = asyncio.run(clients())
+    assert sum(n for n, a in calls if a == 1) == 10 and len([a for _, a in calls if a == 1]) < 3
+    assert (1, 2) in calls  # a different option never rides along with other requests
+    assert two[0].caption == busy[0].caption and two[0].tags[0].label == busy[0].tags[0].label
+    assert two[0].confidence == pytest.approx(busy[0].confidence, rel=1e-4)
+    assert len(alts[0].alternatives) == 2 and not one[0].alternatives

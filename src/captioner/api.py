@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from .config import DecodeConfig
-from .core.errors import BundleError
+from .core.errors import BundleError, NoClassHead
 from .data.vocab import Vocabulary
 from .decoders.registry import decoder_input
 from .decoders.search import decode_nbest
@@ -32,6 +32,12 @@ class Tag:
 
     label: str
     probability: float
+
+
+def tags_text(tags: Sequence[Tag]) -> str:
+    """Tags as one text cell (CSV, TSV): "zebra:0.93; hartebeest:0.02" (no ImageNet label
+    has a ':' or ';')."""
+    return "; ".join(f"{t.label}:{t.probability:.2f}" for t in tags)
 
 
 @dataclass(frozen=True)
@@ -160,12 +166,17 @@ class Captioner:
 
     @cached_property
     def class_head(self):
-        """The encoder's ImageNet classifier (NoClassHead for encoders without one)."""
+        """The encoder's ImageNet classifier, or None for an encoder without one (no tags)."""
         from .vision.classes import class_head
 
-        return class_head(self.bundle.encoder).to(self.device)
+        try:
+            return class_head(self.bundle.encoder).to(self.device)
+        except NoClassHead:
+            return None
 
     def _tags(self, feats: torch.Tensor, k: int, threshold: float) -> list[list[Tag]]:
+        if self.class_head is None:
+            return [[] for _ in feats]
         pooled = feats.float().mean(dim=1) if feats.ndim == 3 else feats
         return [
             [Tag(str(t["label"]), float(t["probability"])) for t in row]

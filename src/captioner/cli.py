@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
+import json
 import logging
+import re
 import sys
 import time
 import typing
@@ -31,7 +34,8 @@ def find_images(paths: list[str]) -> tuple[list[Path], list[str]]:
         if p.is_dir():
             found.extend(
                 sorted(
-                    f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                    (f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
+                    key=natural_key,
                 )
             )
         elif p.is_file():
@@ -41,13 +45,32 @@ def find_images(paths: list[str]) -> tuple[list[Path], list[str]]:
     return found, problems
 
 
+def natural_key(path: Path) -> tuple[list, str]:
+    """Sort key in which numbers compare as numbers: image2.jpg comes before image10.jpg."""
+    text = path.as_posix()
+    parts = re.split(r"(\d+)", text.lower())  # str, int, str, int, ... in the same places
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)], text
+
+
+OUTPUT_FORMATS = {
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+CSV_HEADER = ["image", "caption", "confidence", "tags"]  # image,caption first, as always
+
+
+class _KeepRows(Exception):  # noqa: N818 - tells atomic_write to keep a partial file
+    pass
+
+
 @contextlib.contextmanager
-def _csv_output(path: Path | None):
-    """A csv.writer into an atomic file, or None (print to stdout). Ctrl-C keeps the rows done
-    so far in FILE; with none done yet, FILE is left as it was."""
-    if path is None:
-        yield None
-        return
+def _incremental(path: Path, flag: str, keep):
+    """A text file written beside `path` and renamed onto it at the end (an atomic write). On
+    Ctrl-C, when keep() says so, what was written so far becomes `path`; else `path` is left
+    as it was."""
     from .core.atomic import atomic_write
     from .core.errors import ConfigError
 
@@ -56,16 +79,13 @@ def _csv_output(path: Path | None):
         fh = opened.__enter__()
     except OSError as exc:
         raise ConfigError(
-            f"--csv {path}: cannot write there ({exc.strerror}); choose another file"
+            f"{flag} {path}: cannot write there ({exc.strerror}); choose another file"
         ) from None
-    writer = _Flushing(csv.writer(fh), fh)
-    writer.writer.writerow(["image", "caption"])
     try:
-        yield writer
+        yield fh
     except KeyboardInterrupt as exc:
-        if writer.rows:
-            keep = _KeepRows()
-            opened.__exit__(_KeepRows, keep, None)  # the rows so far become FILE
+        if keep():
+            opened.__exit__(_KeepRows, _KeepRows(), None)  # the rows so far become the file
         else:
             opened.__exit__(type(exc), exc, exc.__traceback__)  # nothing to keep
         raise
@@ -75,31 +95,123 @@ def _csv_output(path: Path | None):
     opened.__exit__(None, None, None)
 
 
-class _KeepRows(Exception):  # noqa: N818 - tells atomic_write to keep a partial CSV
-    pass
+def _format_row(fmt: str, image: Path, d) -> str:
+    """One output line for a Description `d` (file names are user input: CSV cells are made
+    formula-safe)."""
+    from .api import tags_text
+    from .core.csvsafe import safe_row
+
+    if fmt == "jsonl":
+        tags = [{"label": t.label, "probability": round(t.probability, 4)} for t in d.tags]
+        row = {"image": str(image), "caption": d.caption, "confidence": round(d.confidence, 4)}
+        return json.dumps({**row, "tags": tags}, ensure_ascii=False) + "\n"
+    cells = [str(image), d.caption, f"{d.confidence:.3f}", tags_text(d.tags)]
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerow(safe_row(cells))
+        return buf.getvalue()
+    return "\t".join(cells) + "\n"
 
 
-class _Flushing:
-    """A csv.writer that flushes each row, so an interrupted run keeps every finished row."""
+def _images_in(path: Path, fmt: str) -> set[Path]:
+    """The images an earlier --out file already has (for --skip-existing), resolved."""
+    from .core.csvsafe import safe_cell
 
-    def __init__(self, writer, fh) -> None:
-        self.writer, self.fh, self.rows = writer, fh, 0
+    found: set[str] = set()
+    with path.open(newline="", encoding="utf-8") as fh:
+        if fmt == "csv":
+            rows = csv.reader(fh)
+            next(rows, None)  # the header
+            found = {r[0] for r in rows if r}
+        elif fmt == "tsv":
+            found = {line.split("\t", 1)[0] for line in fh if line.strip()}
+        else:
+            for line in fh:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    found.add(json.loads(line)["image"])
+    # A CSV cell may carry safe_cell's apostrophe: match the name either way.
+    names = found | {n[1:] for n in found if n.startswith("'") and safe_cell(n[1:]) == n}
+    return {Path(n).resolve() for n in names}
 
-    def writerow(self, row: list[str]) -> None:
-        self.writer.writerow(row)
+
+class _Metadata:
+    """`metadata.jsonl` of one folder, in the Hugging Face datasets ImageFolder layout: one
+    {"file_name": path relative to the folder, "text": caption} per line. Entries of images
+    not captioned in this run are kept; so is an old entry whose image fails or is not
+    reached before Ctrl-C."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.path = root, root / "metadata.jsonl"
+        self.old: dict[str, str] = {}  # file_name -> its line, in file order
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    self.old[str(json.loads(line)["file_name"])] = line
+        self.fh = None
+
+    def name(self, image: Path) -> str:
+        return image.relative_to(self.root).as_posix()
+
+    def open(self, fh, redo: set[str]) -> None:
+        """Start the new file: old entries not being redone now, then new ones as they come."""
+        self.fh, self.pending = fh, {k: v for k, v in self.old.items() if k in redo}
+        for name, line in self.old.items():
+            if name not in redo:
+                fh.write(line + "\n")
+        fh.flush()
+
+    def write(self, image: Path, caption: str) -> None:
+        name = self.name(image)
+        self.pending.pop(name, None)
+        self.fh.write(json.dumps({"file_name": name, "text": caption}, ensure_ascii=False) + "\n")
         self.fh.flush()
-        self.rows += 1
+
+    def close(self) -> None:
+        for line in self.pending.values():  # failed or not reached: keep what was there
+            self.fh.write(line + "\n")
+        self.pending = {}
+
+
+def _output_format(args: argparse.Namespace) -> tuple[Path | None, str, str]:
+    """(--out file or None for stdout, format, the flag that named the file)."""
+    from .core.errors import ConfigError
+
+    if args.csv and args.out:
+        raise ConfigError(
+            "give --csv FILE or --out FILE, not both (--csv F is --out F --format csv)"
+        )
+    if args.csv:
+        if args.format not in (None, "csv"):
+            raise ConfigError(f"--csv writes CSV; for {args.format} use --out FILE")
+        return args.csv, "csv", "--csv"
+    if args.out and not args.format:
+        fmt = OUTPUT_FORMATS.get(args.out.suffix.lower())
+        if fmt is None:
+            raise ConfigError(
+                f"--out {args.out}: cannot tell the format from its extension "
+                "(.tsv, .csv, .jsonl); add --format tsv|csv|jsonl"
+            )
+        return args.out, fmt, "--out"
+    return args.out, args.format or "tsv", "--out"
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
     import warnings
 
+    from tqdm import tqdm
+
     from . import Captioner
-    from .core.csvsafe import safe_row
-    from .core.errors import ImageError
+    from .core.atomic import write_text
+    from .core.errors import ConfigError, ImageError
     from .vision.images import pixel_limit
 
     pixel_limit(args.max_pixels)  # a bad CAPTIONER_MAX_PIXELS fails now, not per image
+    out, fmt, flag = _output_format(args)
+    if args.skip_existing and not (out or args.sidecar or args.metadata):
+        raise ConfigError(
+            "--skip-existing needs somewhere to look: --out FILE, --csv FILE, --sidecar "
+            "or --metadata"
+        )
     # PIL's warnings (bomb size, corrupt EXIF) are noise here: open_image either copes with
     # the file or says in one line what is wrong with it and how to fix it.
     warnings.filterwarnings("ignore", module=r"PIL\.")
@@ -112,45 +224,101 @@ def cmd_caption(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+
+    # Where each image's metadata.jsonl lives: the folder it was found in, else its own.
+    folders = [Path(p) for p in args.paths if Path(p).is_dir()]
+    root_of = {im: next((f for f in folders if im.is_relative_to(f)), im.parent) for im in images}
+    metas = {r: _Metadata(r) for r in dict.fromkeys(root_of.values())} if args.metadata else {}
+    resuming = bool(args.skip_existing and out and out.is_file())
+    in_out = _images_in(out, fmt) if resuming else set()
+
+    def missing(im: Path) -> dict[str, bool]:
+        """Which outputs still lack this image (all of them without --skip-existing)."""
+        todo = {"out": True}
+        if args.skip_existing:
+            todo["out"] = bool(out) and im.resolve() not in in_out
+            if args.sidecar:
+                todo["sidecar"] = not im.with_suffix(".txt").exists()
+            if args.metadata:
+                todo["metadata"] = metas[root_of[im]].name(im) not in metas[root_of[im]].old
+        return todo
+
+    wanted = {im: missing(im) for im in images}
+    todo = [im for im in images if not args.skip_existing or any(wanted[im].values())]
+    skipped = len(images) - len(todo)
+    if skipped:
+        print(f"skipping {skipped} images already captioned", file=sys.stderr)
+    if skipped and not todo:  # all done already: no model to load, nothing to rewrite
+        return 1 if problems else 0
+
     failed, rows = len(problems), 0
+    bar = tqdm(total=len(todo), unit="image", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def say(line: str, file=sys.stderr) -> None:  # one line, without breaking the bar
+        tqdm.write(line, file=file, end="")
+        file.flush()
+
     try:
-        # --csv: rows go to a temp file beside FILE as they are produced; it becomes FILE at
-        # the end, or on Ctrl-C with the rows done so far.
-        with _csv_output(args.csv) as writer:
+        with contextlib.ExitStack() as stack:
+            sink, old = None, ""
+            if out:
+                sink = stack.enter_context(_incremental(out, flag, keep=lambda: rows > 0))
+                if resuming:  # append: the earlier rows first, then this run's
+                    old = out.read_text(encoding="utf-8")
+                    sink.write(old if not old or old.endswith("\n") else old + "\n")
+                if fmt == "csv" and not (resuming and old):
+                    csv.writer(sink).writerow(CSV_HEADER)
+                sink.flush()
+            elif fmt == "csv":
+                print(",".join(CSV_HEADER), flush=True)
+            for root, meta in metas.items():
+                fh = stack.enter_context(_incremental(meta.path, "--metadata", keep=lambda: True))
+                stack.callback(meta.close)  # runs before its file is finished
+                redo = {meta.name(im) for im in todo if root_of[im] == root}
+                meta.open(fh, redo)
             cap = Captioner.load(args.model, max_pixels=args.max_pixels)
             decode = cap.decoding.resolve(
                 beam_size=args.beam_size, length_penalty=args.length_penalty
             )
-            for i in range(0, len(images), args.batch_size):
-                chunk = images[i : i + args.batch_size]
+            for i in range(0, len(todo), args.batch_size):
+                chunk = todo[i : i + args.batch_size]
                 try:
-                    pairs = list(zip(chunk, cap.caption(chunk, decode=decode), strict=True))
+                    pairs = list(zip(chunk, cap.describe(chunk, decode=decode), strict=True))
                 except ImageError:
                     pairs = []  # one bad file in the batch: retry one by one to isolate it
                     for path in chunk:
                         try:
-                            pairs.append((path, cap.caption([path], decode=decode)[0]))
+                            pairs.append((path, cap.describe([path], decode=decode)[0]))
                         except ImageError as exc:
                             failed += 1
-                            print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-                for path, caption in pairs:
-                    if writer:
-                        writer.writerow(safe_row([path, caption]))  # file names are user input
+                            say("error: " + " ".join(str(exc).split()) + "\n")
+                for path, d in pairs:
+                    need = wanted[path]
+                    if sink is not None and need["out"]:
+                        sink.write(_format_row(fmt, path, d))
+                        sink.flush()  # an interrupted run keeps every finished row
                         rows += 1
-                    else:
-                        print(f"{path}\t{caption}", flush=True)
+                    elif out is None:
+                        say(_format_row(fmt, path, d), file=sys.stdout)
+                    if args.sidecar and need.get("sidecar", True):
+                        write_text(path.with_suffix(".txt"), d.caption + "\n")
+                    if args.metadata and need.get("metadata", True):
+                        metas[root_of[path]].write(path, d.caption)
+                bar.update(len(chunk))
     except KeyboardInterrupt:
+        bar.close()
         kept = ""
-        if args.csv:
+        if out:
             kept = (
-                f": kept the {rows} captions done so far in {args.csv}"
+                f": kept the {rows} captions done so far in {out}"
                 if rows
-                else f": no captions yet; {args.csv} left as it was"
+                else f": no captions yet; {out} left as it was"
             )
         print("interrupted" + kept, file=sys.stderr)
         return 130
-    if args.csv:
-        print(f"wrote {rows} captions to {args.csv}", file=sys.stderr)
+    bar.close()
+    if out:
+        print(f"wrote {rows} captions to {out}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -227,6 +395,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.report:
         write_json(args.report, report)
         print(f"report written to {args.report}")
+    if args.html:
+        from .evaluation.report_html import write_html
+
+        write_html(args.html, report, [r.captions for r in records])
+        print(f"HTML report written to {args.html}")
     return 0
 
 
@@ -355,10 +528,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="beam length normalisation (default: the model's)",
     )
     c.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write the results to FILE instead of stdout, rows as they are produced "
+        "(Ctrl-C keeps those done so far); the format comes from its extension "
+        "(.tsv, .csv, .jsonl) unless --format is given",
+    )
+    c.add_argument(
+        "--format",
+        choices=["tsv", "csv", "jsonl"],
+        default=None,
+        help="tsv: image<TAB>caption<TAB>confidence<TAB>tags (the default on stdout); csv: "
+        "header image,caption,confidence,tags; jsonl: {image, caption, confidence, tags}",
+    )
+    c.add_argument(
         "--csv",
         type=Path,
         default=None,
-        help="write image,caption rows to this CSV (Ctrl-C keeps the rows done so far)",
+        metavar="FILE",
+        help="the same as --out FILE --format csv",
+    )
+    c.add_argument(
+        "--sidecar",
+        action="store_true",
+        help="also write each caption beside its image: photo.jpg -> photo.txt",
+    )
+    c.add_argument(
+        "--metadata",
+        action="store_true",
+        help="also write metadata.jsonl in each folder given ({file_name, text} per image: "
+        "the Hugging Face datasets ImageFolder layout); other images' entries are kept",
+    )
+    c.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="resume: skip images already in the --out file, with a sidecar, or in "
+        "metadata.jsonl (new rows are appended to the existing --out file)",
     )
     c.add_argument(
         "--batch-size", type=positive_int, default=16, help="images per batch (default 16)"
@@ -446,6 +653,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--limit", type=int, default=None, help="score only the first N images")
     e.add_argument("--report", type=Path, default=None, help="write a JSON report here")
+    e.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write a self-contained HTML page: scores, then every photo with its caption, "
+        "references and CIDEr-D, worst first",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ..api import Captioner
+from ..api import Captioner, Description
 from ..config import DecodeConfig
 
 
@@ -25,9 +25,15 @@ class Request:
     images: list[Image.Image]
     decode: DecodeConfig
     future: asyncio.Future
+    alternatives: int = 1  # describe()'s options: requests that differ are never merged
+    tags: int = 5
 
     def fits_with(self, other: Request) -> bool:
-        return self.captioner is other.captioner and self.decode == other.decode
+        return (
+            self.captioner is other.captioner
+            and self.decode == other.decode
+            and (self.alternatives, self.tags) == (other.alternatives, other.tags)
+        )
 
 
 class Batcher:
@@ -40,7 +46,20 @@ class Batcher:
     async def caption(
         self, cap: Captioner, images: list[Image.Image], decode: DecodeConfig
     ) -> list[str]:
-        request = Request(cap, images, decode, asyncio.get_running_loop().create_future())
+        found = await self.describe(cap, images, decode, tags=0)
+        return [d.caption for d in found]
+
+    async def describe(
+        self,
+        cap: Captioner,
+        images: list[Image.Image],
+        decode: DecodeConfig,
+        alternatives: int = 1,
+        tags: int = 5,
+    ) -> list[Description]:
+        """`Captioner.describe` for these images, batched with other waiting requests."""
+        future = asyncio.get_running_loop().create_future()
+        request = Request(cap, images, decode, future, alternatives, tags)
         with self.cond:
             self.queue.append(request)
             self.cond.notify()
@@ -66,15 +85,18 @@ class Batcher:
             batch = self._take()
             first = batch[0]
             try:
-                texts = first.captioner.caption(
-                    [im for r in batch for im in r.images], decode=first.decode
+                found = first.captioner.describe(
+                    [im for r in batch for im in r.images],
+                    alternatives=first.alternatives,
+                    tags=first.tags,
+                    decode=first.decode,
                 )
                 error = None
             except Exception as exc:  # hand the error to every waiting request
-                texts, error = [], exc
+                found, error = [], exc
             start = 0
             for r in batch:
-                part = texts[start : start + len(r.images)]
+                part = found[start : start + len(r.images)]
                 start += len(r.images)
                 loop = r.future.get_loop()
                 if error is not None:

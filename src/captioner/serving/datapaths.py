@@ -8,6 +8,10 @@ later; only `cache_dir` is the server's own) goes through `confine`:
 - symlinks are not resolved: a link the operator placed inside a root (``ln -s ~/datasets/
   flickr8k data/``) is followed when the files are read. Only the operator can place links
   there, so they are trusted; what the user types can never climb out with ``..``.
+- the real location of such a link (``~/datasets/flickr8k`` for a link ``data/flickr8k``
+  placed directly inside a root) names the same files, so an absolute path inside a link's
+  target is accepted and rewritten to go through the link (``data/flickr8k/...``): it reaches
+  nothing the link does not already expose.
 
 The confined path is the normalised one, so the operating system never sees a ``..`` a user
 typed (after a symlink, ``link/..`` would otherwise mean the parent of the link's target).
@@ -85,10 +89,22 @@ def confine(value: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Pat
         _normal(c) for c in ([given] if given.is_absolute() else [r / given for r in lexical])
     ]
     inside = [c for c in candidates if any(_inside(c, b) for b in bases)]
+    if not inside and given.is_absolute():
+        # The real location of a dataset the operator linked into a root (typed as the link's
+        # target, e.g. ~/datasets/flickr8k for data/flickr8k): the same files, read through
+        # the link, so the path becomes root/link/... and never leaves what the link exposes.
+        inside = [p for p in [_through_link(candidates[0], lexical)] if p is not None]
     if not inside:
         example = lexical[0] / "flickr8k"
+        rel = text.lstrip("/")  # '/flickr8k' typed for 'flickr8k'?
+        near = [
+            _normal(r / rel)
+            for r in lexical
+            if given.is_absolute() and rel and _inside(_normal(r / rel), r) and (r / rel).exists()
+        ]
+        hint = f" (did you mean '{rel}', i.e. {near[0]}?)" if near else ""
         raise DataPathError(
-            f"{text} is not inside the data folders this server may read "
+            f"{text} is not inside the data folders this server may read{hint} "
             f"({describe_roots(roots)}). Paths are read relative to a data folder "
             f"(e.g. 'flickr8k' means {example}); '..' may not leave it, and an absolute "
             "path must lie within one. To use data kept elsewhere, link it into a data "
@@ -98,6 +114,26 @@ def confine(value: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Pat
     return next((c for c in inside if c.exists()), inside[0])
 
 
+def root_links(root: Path) -> list[Path]:
+    """The symlinks directly inside `root` (the operator's ``ln -s DATASET root/``)."""
+    try:
+        with os.scandir(root) as entries:
+            return sorted(Path(e.path) for e in entries if e.is_symlink())
+    except OSError:
+        return []
+
+
+def _through_link(path: Path, roots: Sequence[Path]) -> Path | None:
+    """`path` (absolute, normalised) read through a link placed directly inside a root when it
+    lies inside that link's target; None otherwise."""
+    for root in roots:
+        for link in root_links(root):
+            target = Path(os.path.realpath(link))
+            if _inside(path, target):
+                return link / path.relative_to(target)
+    return None
+
+
 def confine_paths(data: dict, fields: Sequence[str], roots: Sequence[Path]) -> dict:
     """`data` with each named path field confined; each given path must exist (ConfigError)."""
     out = dict(data)
@@ -105,10 +141,18 @@ def confine_paths(data: dict, fields: Sequence[str], roots: Sequence[Path]) -> d
         if out.get(name) is None:
             continue
         path = confine(out[name], roots)
+        broken = next((p for p in [path, *path.parents] if p.is_symlink() and not p.exists()), None)
+        if broken is not None:
+            raise ConfigError(
+                f"{name}: {out[name]} is read through the link {broken}, which points to "
+                f"{os.readlink(broken)}: that does not exist on the server (re-create the "
+                "link with the dataset's real location)"
+            )
         if not path.exists():
             raise ConfigError(
                 f"{name}: {out[name]} does not exist (looked for {path}; paths are read "
-                f"relative to the data folders: {describe_roots(roots)})"
+                f"relative to the data folders: {describe_roots(roots)}; GET /api/datasets "
+                "lists the datasets found there)"
             )
         out[name] = path
     return out

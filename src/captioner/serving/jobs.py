@@ -44,7 +44,8 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..core.atomic import atomic_dir
 from ..core.errors import TrainingError
-from ..core.progress import Event, Throttle
+from ..core.progress import Event
+from .names import write_name
 
 try:
     import fcntl
@@ -72,7 +73,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     model_id TEXT,
     error TEXT,
     pid INTEGER,
-    pid_start INTEGER
+    pid_start INTEGER,
+    name TEXT
 )"""
 
 
@@ -86,19 +88,24 @@ class JobStore:
             cols = {r["name"] for r in db.execute("PRAGMA table_info(jobs)")}
             if "pid_start" not in cols:  # a store written before workers were supervised
                 db.execute("ALTER TABLE jobs ADD COLUMN pid_start INTEGER")
+            if "name" not in cols:  # a store written before models had names
+                db.execute("ALTER TABLE jobs ADD COLUMN name TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30)
         db.row_factory = sqlite3.Row
         return db
 
-    def create(self, cfg: TrainConfig) -> str:
+    def create(self, cfg: TrainConfig, name: str | None = None) -> str:
+        """A queued job; `name` (checked by names.check_name) becomes its model's name."""
         job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         now = time.time()
+        progress = json.dumps({"phase": "queued", "message": "waiting for a free training slot"})
         with closing(self._connect()) as db, db:
             db.execute(
-                "INSERT INTO jobs (id, created, updated, state, config) VALUES (?,?,?,?,?)",
-                (job_id, now, now, "queued", cfg.model_dump_json()),
+                "INSERT INTO jobs (id, created, updated, state, config, name, progress) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (job_id, now, now, "queued", cfg.model_dump_json(), name, progress),
             )
         return job_id
 
@@ -245,6 +252,71 @@ class RunLock:
 # --- the worker (child process) ------------------------------------------------------------
 
 
+class PhaseRecorder:
+    """Keeps a job's `progress` in the store from every progress event, so the page can show
+    each phase from the first second: ``starting``, ``data``, ``vocab``, ``features`` (images
+    done / total, images per second, ETA), ``train`` (epoch, step, loss, whole-run ETA), ``dev``,
+    ``epoch``, ``save``, ``done``. ``phases`` lists every phase seen (done, total, started,
+    updated; one entry per feature extraction).
+
+    `progress` holds the current phase (``phase``, ``message``, ``done``, ``total``,
+    ``phase_started``), the last training step's metrics at the top level (``epoch``, ``step``,
+    ``loss``, ``eta_s``..., and ``train_phase``: xe or scst), and the last ``features`` and
+    ``dev`` counts under those keys. A
+    new phase, message or stage is written at once; counts at most every `interval` seconds
+    (and always the last one). Each new message also goes to the job's log."""
+
+    def __init__(self, store: JobStore, job_id: str, interval: float = 0.5) -> None:
+        self.store, self.job_id, self.interval = store, job_id, interval
+        self.progress: dict = {}
+        self.last_write = 0.0
+
+    def __call__(self, event: Event) -> None:
+        p, now = self.progress, time.time()
+        key = (p.get("phase"), p.get("message"), p.get("stage"))
+        if event.phase != p.get("phase"):
+            p["phase_started"] = now
+        p.update(phase=event.phase, done=event.done, total=event.total)
+        if event.message:
+            p["message"] = event.message
+        elif event.phase != key[0]:
+            p.pop("message", None)
+        m = event.metrics
+        if event.phase == "features":
+            p["features"] = {"done": event.done, "total": event.total, **m}
+            p["stage"] = m.get("stage")
+        else:
+            p.pop("stage", None)
+        if event.phase == "train":  # its metrics' own "phase" is xe or scst
+            p.update({k: v for k, v in m.items() if k != "phase"}, train_phase=m.get("phase"))
+        elif event.phase == "dev":
+            p["dev"] = {"done": event.done, "total": event.total}
+        elif event.phase == "vocab":
+            p.setdefault("data", {}).update({k: v for k, v in m.items() if isinstance(v, int)})
+        # Every phase seen so far, in order, with its latest counts (one entry per feature
+        # extraction): the page lists them even when a snapshot between two phases is missed.
+        slot = f"features: {event.message}" if event.phase == "features" else event.phase
+        seen = p.setdefault("phases", {})
+        entry = seen.setdefault(slot, {"phase": event.phase, "started": now})
+        entry.update(done=event.done, total=event.total, updated=now)
+        if event.message and event.phase not in ("train", "dev"):
+            entry["message"] = event.message
+        if "images_per_s" in m:
+            entry["images_per_s"] = m["images_per_s"]
+        changed = (p.get("phase"), p.get("message"), p.get("stage")) != key
+        final = event.total and event.done >= event.total
+        if changed or final or now - self.last_write >= self.interval:
+            self.last_write = now
+            self.store.update(self.job_id, progress=p)
+        if event.message and event.message != key[1] and event.phase != "dev":  # dev: per epoch
+            self.store.append_log(self.job_id, event.message)
+        if event.phase == "features" and final and "images_per_s" in m:
+            self.store.append_log(
+                self.job_id,
+                f"{event.message}: {event.total} images, {m['images_per_s']:.1f} images/s",
+            )
+
+
 def _run(db_path: str, job_id: str, run_dir: str, models_dir: str) -> int:
     """Child process: train, report progress to the store, publish the model when done."""
     store = JobStore(Path(db_path))
@@ -267,16 +339,12 @@ def _run(db_path: str, job_id: str, run_dir: str, models_dir: str) -> int:
     job = store.get(job_id)
     cfg = TrainConfig(**job["config"])
     history = job["history"] if isinstance(job["history"], list) else []
-
-    def on_step(event: Event) -> None:
-        store.update(job_id, progress=event.metrics)
-
-    steps = Throttle(on_step, interval=0.5)
+    report_phase = PhaseRecorder(store, job_id)
+    report_phase(Event("starting", message="starting the training process"))
 
     def report(event: Event) -> None:
-        if event.phase == "train":
-            steps(event)
-        elif event.phase == "epoch":
+        report_phase(event)
+        if event.phase == "epoch":
             line = {k: v for k, v in event.metrics.items() if not k.startswith("best_")}
             history[:] = [h for h in history if h["epoch"] < line["epoch"]] + [line]
             store.update(job_id, history=history)
@@ -287,12 +355,14 @@ def _run(db_path: str, job_id: str, run_dir: str, models_dir: str) -> int:
             )
 
     try:
-        from ..training.trainer import train
+        from ..training.trainer import train  # imports torch: seconds, shown as "starting"
 
         bundle = train(cfg, Path(run_dir), report=report)
         with atomic_dir(Path(models_dir) / job_id) as tmp:  # publish the model whole
             for f in bundle.iterdir():
                 shutil.copy2(f, tmp / f.name)
+            if job.get("name"):
+                write_name(tmp, job["name"])
         store.update(job_id, state="done", model_id=job_id, pid=None)
         store.append_log(job_id, f"finished: model {job_id}")
         return 0

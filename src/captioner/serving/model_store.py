@@ -19,6 +19,7 @@ from ..api import Captioner, default_model_path
 from ..core.atomic import write_json
 from ..core.errors import BundleError, CaptionerError, ModelNotFound, ModelProtected
 from ..storage.bundle import read_summary
+from .names import read_name, write_name
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,10 @@ class ModelStore:
         path = self.path(model_id)
         base = {
             "id": model_id,
+            "name": read_name(path) if model_id not in self.fixed else None,
             "default": model_id == self.default(),
             "deletable": model_id not in self.fixed,
+            "renamable": model_id not in self.fixed,
             "broken": False,
             "error": None,
         }
@@ -186,14 +189,26 @@ class ModelStore:
                     "hidden_size",
                     "learning_rate",
                     "epochs",
+                    "decoder",
+                    "scst_epochs",
+                    "finetune_encoder",
                 )
             },
             "dev_scores": metrics.get("dev", {}),
+            "dev_split": metrics.get("dev_split"),
+            "beam_size": metrics.get("beam_size"),
             "best_epoch": metrics.get("best_epoch"),
             "train_seconds": metrics.get("train_seconds"),
             "size_bytes": summary["size_bytes"],
             "card": summary["card"],
         }
+
+    def rename(self, model_id: str, name: str | None) -> None:
+        """Set the model's display name (`names.check_name` first; None removes it). Its id,
+        folder and everything that refers to it stay as they are."""
+        if model_id in self.fixed:
+            raise ModelProtected(f"model {model_id!r} is not the server's to rename")
+        write_name(self.path(model_id), name)
 
     def delete(self, model_id: str) -> None:
         if model_id == BUNDLED_ID:

@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..api import Tag, tags_text
 from ..config import DATASET_FORMATS, TrainConfig, make_config, preset_values, presets
 from ..core.csvsafe import safe_row
 from ..core.errors import (
@@ -51,8 +52,10 @@ from ..core.paths import default_state_dir
 from ..vision.images import open_image
 from .batcher import Batcher
 from .datapaths import DataPathError, absolute_roots, confine_paths, path_fields
+from .dataset_index import DatasetIndex
 from .jobs import TERMINAL, JobRunner, JobStore, max_workers
 from .model_store import ModelStore
+from .names import check_name
 from .security import (
     COOKIE,
     DISK_FULL_DETAIL,
@@ -65,6 +68,8 @@ from .security import (
 )
 
 STATIC = Path(__file__).parent / "web"
+
+MAX_ALTERNATIVES = 5  # n best captions per photo an HTTP request may ask for
 
 # Project errors -> HTTP status; anything else that is a CaptionerError is a 400.
 STATUS = [(ModelNotFound, 404), (ModelProtected, 403), (ConfigError, 422), (BundleError, 500)]
@@ -184,10 +189,19 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         model: Annotated[str | None, Form()] = None,
         beam_size: Annotated[int | None, Form()] = None,
         length_penalty: Annotated[float | None, Form()] = None,
+        alternatives: Annotated[int, Form()] = 1,
     ):
-        """Caption uploaded photos. Decoding settings not given are the model's own."""
+        """Caption uploaded photos. Decoding settings not given are the model's own. Each
+        result has `confidence` (geometric mean of the decoder's word probabilities) and
+        `tags` (the encoder's ImageNet classes); with alternatives=n > 1, also the n best
+        captions of the beam."""
         if len(files) > settings.max_files:
             raise HTTPException(413, f"at most {settings.max_files} files per request")
+        if not 1 <= alternatives <= MAX_ALTERNATIVES:
+            raise ConfigError(
+                f"alternatives: must be 1 to {MAX_ALTERNATIVES} "
+                f"(how many of the best captions to return), got {alternatives}"
+            )
         client = request.client.host if request.client else ""
         limited = policy.rate_limited(client)
         if limited is not None and (wait := limited.take(client, len(files))):
@@ -201,7 +215,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         for f in files:
             name = Path(f.filename or "image").name
             data = await f.read(limit + 1)
-            results.append({"image": name, "caption": None})
+            results.append({"image": name, "caption": None, "confidence": None, "tags": []})
             if len(data) > limit:
                 results[-1]["error"] = (
                     f"file is larger than {settings.max_upload_mb:g} MB; "
@@ -218,9 +232,22 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                 hint = "" if isinstance(exc, ImageTooLarge) else "; send a JPEG, PNG or WebP photo"
                 results[-1]["error"] = reason + hint
         if images:
-            texts = await batcher.caption(cap, [im for _, im in images], decode)
-            for (i, _), text in zip(images, texts, strict=True):
-                results[i]["caption"] = text
+            found = await batcher.describe(
+                cap, [im for _, im in images], decode, alternatives=alternatives
+            )
+            for (i, _), d in zip(images, found, strict=True):
+                results[i].update(
+                    caption=d.caption,
+                    confidence=round(d.confidence, 4),
+                    tags=[
+                        {"label": t.label, "probability": round(t.probability, 4)} for t in d.tags
+                    ],
+                )
+                if alternatives > 1:
+                    results[i]["alternatives"] = [
+                        {"caption": a.caption, "confidence": round(a.confidence, 4)}
+                        for a in d.alternatives
+                    ]
         for r in results:
             if r["caption"] is not None:
                 r.pop("error", None)
@@ -228,9 +255,18 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         if "text/csv" in request.headers.get("accept", ""):
             buf = io.StringIO()
             w = csv.writer(buf)
-            w.writerow(["image", "caption"])
+            w.writerow(["image", "caption", "confidence", "tags"])
             w.writerows(
-                safe_row([r["image"], r["caption"]]) for r in results if r["caption"] is not None
+                safe_row(
+                    [
+                        r["image"],
+                        r["caption"],
+                        f"{r['confidence']:.3f}",
+                        tags_text([Tag(**t) for t in r["tags"]]),
+                    ]
+                )
+                for r in results
+                if r["caption"] is not None
             )
             return Response(
                 buf.getvalue(),
@@ -253,6 +289,16 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         def make_default(model_id: str) -> dict:
             models.set_default(model_id)  # loads it first: a broken bundle never becomes default
             return models.info(model_id)
+
+        @app.patch("/api/models/{model_id}")
+        async def rename_model(model_id: str, request: Request) -> dict:
+            """Rename a model: {"name": "..."} (null or "" removes the name). The id stays."""
+            body = await _json_object(request, 'send {"name": "..."}')
+            if set(body) != {"name"}:
+                raise HTTPException(422, 'send {"name": "..."}: the name is all that can change')
+            name = check_name(body["name"])  # ConfigError -> 422
+            await run_in_threadpool(models.rename, model_id, name)
+            return await run_in_threadpool(models.info, model_id)
 
         @app.delete("/api/models/{model_id}")
         def delete_model(model_id: str) -> dict:
@@ -358,6 +404,16 @@ def _add_login_routes(app: FastAPI, settings: ServerSettings) -> None:
         return response
 
 
+async def _json_object(request: Request, what: str) -> dict:
+    try:
+        body = await request.json()
+        if isinstance(body, dict):
+            return body
+    except ValueError:
+        pass
+    raise HTTPException(400, what)
+
+
 def _page(name: str):
     def serve() -> FileResponse:
         return FileResponse(STATIC / name, media_type="text/html")
@@ -378,9 +434,17 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
             raise HTTPException(404, f"no job {job_id!r}; GET /api/jobs lists them")
         return job
 
+    datasets = DatasetIndex(roots)
+
     @app.get("/api/datasets")
-    def data_roots() -> dict:
-        return {"roots": [str(r) for r in roots], "formats": list(DATASET_FORMATS)}
+    def list_datasets(refresh: bool = False) -> dict:
+        """The data roots and the datasets found in them (format, images, captions, splits);
+        scanned in a request thread with bounded depth, cached for 30 s (`?refresh=true`)."""
+        return {
+            "roots": [str(r) for r in roots],
+            "formats": list(DATASET_FORMATS),
+            "datasets": datasets.list(refresh),
+        }
 
     @app.get("/api/config/schema")
     def config_schema() -> dict:
@@ -402,6 +466,7 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
         for key in ("cache_dir", "device"):  # the server decides these
             body.pop(key, None)
         preset = body.pop("preset", None)
+        name = check_name(body.pop("name", None))  # the model's display name, not a setting
         unknown = sorted(set(body) - set(TrainConfig.model_fields))
         if unknown:  # e.g. make_config's own `file` argument must never come from the web
             raise HTTPException(
@@ -417,7 +482,7 @@ def _add_training_routes(app: FastAPI, settings: ServerSettings, models: ModelSt
             raise HTTPException(403, str(exc)) from None
         # More image-loading processes than cores only fight over the same CPUs.
         cfg = cfg.model_copy(update={**paths, "workers": min(cfg.workers, max_workers())})
-        job_id = store.create(cfg)
+        job_id = store.create(cfg, name)
         runner.submit(job_id)  # starts now, or waits queued for a free slot
         return store.get(job_id)
 

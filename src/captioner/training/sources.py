@@ -46,10 +46,21 @@ def prepare_data(cfg: TrainConfig, device: torch.device, report: Reporter = sile
     report(Event("data", message=f"reading {cfg.dataset_format} data from {cfg.dataset_path}"))
     train = load_dataset(cfg.dataset_format, cfg.dataset_path, cfg.train_split, **kw)
     dev = load_dataset(cfg.dataset_format, cfg.dataset_path, cfg.dev_split, **kw)
+    n_caps = sum(len(r.captions) for r in train)
+    report(
+        Event(
+            "vocab",
+            metrics={"train_images": len(train), "dev_images": len(dev), "captions": n_caps},
+            message=f"building the vocabulary from {n_caps} training captions",
+        )
+    )
     vocab = Vocabulary.build((c for r in train for c in r.captions), cfg.vocab_threshold)
     report(
         Event(
             "vocab",
+            1,
+            1,
+            {"train_images": len(train), "dev_images": len(dev), "words": len(vocab)},
             message=f"{len(train)} training images, {len(dev)} dev images, {len(vocab)} words",
         )
     )
@@ -67,8 +78,8 @@ def prepare_data(cfg: TrainConfig, device: torch.device, report: Reporter = sile
         "report": report,
         "device": str(device),
     }
-    train_feats = extract_features(images, cfg.encoder, **fx)
-    dev_feats = extract_features([r.image for r in dev], cfg.encoder, **fx)
+    train_feats = extract_features(images, cfg.encoder, label="train images", **fx)
+    dev_feats = extract_features([r.image for r in dev], cfg.encoder, label="dev images", **fx)
     return Data(
         vocab,
         train_feats,

@@ -176,9 +176,12 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
                 )
             extra = run.self_critical(epoch)  # policy-gradient loss and mean sample reward
         report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
+        t_dev = time.time()
         scores = dev_scores(
             model, data.vocab, source.dev_features(), data.dev_records, cfg.decoding
         )
+        n_dev = len(data.dev_records)  # scored (no message: the epoch event says the scores)
+        report(Event("dev", n_dev, n_dev, {"seconds": round(time.time() - t_dev, 1), **scores}))
         line = {
             "epoch": epoch + 1,
             "phase": "xe" if epoch < cfg.epochs else "scst",

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -120,11 +121,15 @@ def extract_features(
     device: str = "cpu",
     report: Reporter = silent,
     grid: bool = False,
+    label: str = "",
 ) -> np.ndarray:
     """Return a read-only float16 memmap of features, computing what is missing: pooled
     (N, D), or with grid=True (or a grid Encoder) the feature maps (N, regions, D) that
-    attention decoders read. Reports ``features`` events (images done / total)."""
+    attention decoders read. Reports ``features`` events (images done / total; metrics
+    ``images_per_s`` and ``eta_s`` once a batch is done, ``stage`` while the encoder loads);
+    `label` says which images (e.g. "train images") in the events' message."""
     name = encoder if isinstance(encoder, str) else encoder.spec.name
+    title = f"{name}, {label}" if label else name
     grid = encoder.grid if isinstance(encoder, Encoder) else grid
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -133,16 +138,16 @@ def extract_features(
         key = f"grid-{key}"
     final = cache_dir / f"{name}-{key}.npy"
     if final.exists():
-        return _cached(final, name, report)
+        return _cached(final, title, report)
 
     def waiting() -> None:
-        message = f"features ({name}): waiting for another process extracting the same images"
+        message = f"features ({title}): waiting for another process extracting the same images"
         report(Event("features", 0, len(images), message=message))
 
     with _exclusive(final.with_suffix(".lock"), waiting):
         if final.exists():  # another process extracted them while this one waited
-            return _cached(final, name, report)
-        _extract(images, encoder, name, grid, device, final, batch_size, workers, report)
+            return _cached(final, title, report)
+        _extract(images, encoder, name, grid, device, final, batch_size, workers, report, title)
     return np.load(final, mmap_mode="r")
 
 
@@ -156,19 +161,23 @@ def _extract(
     batch_size: int,
     workers: int,
     report: Reporter,
+    title: str = "",
 ) -> None:
     """Fill (or resume) the partial file, then rename it to `final`; the caller holds the lock."""
-    enc = encoder if isinstance(encoder, Encoder) else Encoder(name, device, grid=grid)
     partial = final.with_name(f"{final.stem}.partial.npy")
     state = final.with_name(f"{final.stem}.partial.json")
     done, out = 0, None  # a new file is shaped by the first batch (grids vary by encoder)
     if partial.exists() and state.exists():
         done = int(json.loads(state.read_text())["done"])
         out = np.lib.format.open_memmap(partial, mode="r+")
+    label = f"features ({title or name})"
+    # Loading the encoder (and exporting it to ONNX on first use) takes seconds: say so.
+    report(Event("features", done, len(images), {"stage": "loading the encoder"}, label))
+    enc = encoder if isinstance(encoder, Encoder) else Encoder(name, device, grid=grid)
     todo = _Images(images[done:], enc.spec.image_size)
     loader = DataLoader(todo, batch_size=batch_size, num_workers=workers, collate_fn=stack_pixels)
-    label = f"features ({name})"
-    report(Event("features", done, len(images), message=label))
+    report(Event("features", done, len(images), {"stage": "encoding images"}, label))
+    start, t0 = done, time.monotonic()
     for batch in without_worker_traces(loader):
         feats = enc(batch).cpu().numpy().astype(np.float16)
         if out is None:
@@ -179,7 +188,9 @@ def _extract(
         done += len(feats)
         out.flush()
         write_json(state, {"done": done}, indent=None)
-        report(Event("features", done, len(images), message=label))
+        rate = (done - start) / max(time.monotonic() - t0, 1e-6)
+        speed = {"images_per_s": round(rate, 2), "eta_s": round((len(images) - done) / rate)}
+        report(Event("features", done, len(images), {"stage": "encoding images", **speed}, label))
     if out is None:  # no images at all
         dims = (0, enc.spec.feature_dim) if grid else (enc.spec.feature_dim,)
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(0, *dims))
