@@ -114,6 +114,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_p
     assert not (tmp_path / "resumed" / "model").exists()
     state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 2
+    # A kill after epoch 3's log line but before its checkpoint leaves a line to be redone.
+    with (tmp_path / "resumed" / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps({"epoch": 3, "loss": 9.9}) + "\n")
     resumed = train(cfg, tmp_path / "resumed")
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -20,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..config import TrainConfig
+from ..core.atomic import write_text
 from ..core.errors import TrainingError
 from ..core.progress import Event, Reporter, silent
 from ..data.vocab import Vocabulary
@@ -160,6 +161,9 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         best_state = state.best_state
         start_epoch, best, history = state.meta["epoch"], state.meta["best"], state.meta["history"]
         elapsed = state.meta.get("elapsed", 0.0)
+        # The checkpoint's history is the record: a kill between the log line and the
+        # checkpoint would otherwise leave that epoch in the log twice once it is rerun.
+        write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
         report(Event("data", message=f"resuming {out} after epoch {start_epoch}"))
     else:
         log_path.unlink(missing_ok=True)  # a fresh run must not inherit an old log
