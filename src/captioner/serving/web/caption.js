@@ -14,8 +14,8 @@ let pending = 0, notImages = 0;  // notImages: files in a dropped or picked fold
 // quarter held most of the plainly wrong captions ("a young boy is eating a bathtub"); COCO
 // photos of things Flickr8k never shows (zebras, pizza, buses) mostly land below it too.
 // So 0.34, the lowest quartile's edge, flags about one caption in four on photos like the
-// training ones and more on unfamiliar ones. (Measured at beam 3, this page's default; at
-// beam 5 the same photos' quartiles are 0.355 / 0.394 / 0.448 and 0.34 flags about one in five.)
+// training ones and more on unfamiliar ones. (Measured at beam 3; at beam 5, the bundled
+// model's own, the same photos' quartiles are 0.355 / 0.394 / 0.448: one caption in five.)
 const LOW_CONFIDENCE = 0.34;
 const IMAGE_NAME = /\.(jpe?g|png|webp|gif|bmp|tiff?)$/i;
 const isImage = f => (f.type ? f.type.startsWith("image/") : IMAGE_NAME.test(f.name));
@@ -35,7 +35,7 @@ async function captionOne(file, entry, card) {
   const form = new FormData();
   form.append("files", file, file.name);
   form.append("model", modelSelect.value);
-  form.append("beam_size", beam.value || "3");
+  if (beam.value) form.append("beam_size", beam.value);  // else the model's own
   const text = card.querySelector(".caption"), img = card.querySelector("img");
   try {
     const [r] = await api("/api/captions", { method: "POST", body: form });
