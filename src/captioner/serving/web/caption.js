@@ -10,12 +10,11 @@ let pending = 0, notImages = 0;  // notImages: files in a dropped or picked fold
 
 // Captions below this confidence are marked "low confidence". Confidence is the geometric mean
 // of the decoder's word probabilities (see Captioner.describe). On 200 Flickr8k dev photos the
-// bundled model's confidences ran 0.21-0.64 (quartiles 0.34 / 0.39 / 0.44), and the lowest
+// bundled model's confidences at beam 3 ran 0.21-0.64 (quartiles 0.34 / 0.39 / 0.44), and the lowest
 // quarter held most of the plainly wrong captions ("a young boy is eating a bathtub"); COCO
 // photos of things Flickr8k never shows (zebras, pizza, buses) mostly land below it too.
-// So 0.34, the lowest quartile's edge, flags about one caption in four on photos like the
-// training ones and more on unfamiliar ones. (Measured at beam 3; at beam 5, the bundled
-// model's own, the same photos' quartiles are 0.355 / 0.394 / 0.448: one caption in five.)
+// So 0.34, the lowest quartile's edge at beam 3, flags about one caption in five at beam 5
+// (the bundled model's own; quartiles 0.355 / 0.394 / 0.448) and more on unfamiliar photos.
 const LOW_CONFIDENCE = 0.34;
 const IMAGE_NAME = /\.(jpe?g|png|webp|gif|bmp|tiff?)$/i;
 const isImage = f => (f.type ? f.type.startsWith("image/") : IMAGE_NAME.test(f.name));
