@@ -14,7 +14,8 @@ from torch import nn
 
 from .base import DecoderConfig
 
-# (h, c, values, keys): LSTM state plus the projected regions every step attends over.
+# (h, c, values, keys): LSTM state (k rows per image) plus the projected regions every step
+# attends over (one row per image).
 AttnState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -70,11 +71,16 @@ class ShowAttendTell(nn.Module):
         return torch.log_softmax(self.out(self.dropout(state[0])).float(), dim=-1), state
 
     def _advance(self, tokens: torch.Tensor, state: AttnState) -> AttnState:
-        """Attend with the current state, then feed the word and the context to the LSTM."""
+        """Attend with the current state, then feed the word and the context to the LSTM.
+        h and c have k rows per image (beams or samples); the regions are kept once per image
+        and broadcast, so beam search never copies them."""
         h, c, values, keys = state
-        scores = self.score(torch.tanh(keys + self.query(h).unsqueeze(1))).squeeze(-1)
+        n, k = values.shape[0], h.shape[0] // values.shape[0]
+        query = self.query(h).view(n, k, 1, -1)
+        scores = self.score(torch.tanh(keys.unsqueeze(1) + query)).squeeze(-1)  # (n, k, R)
         weights = torch.softmax(scores, dim=-1)
-        context = torch.sigmoid(self.gate(h)) * (weights.unsqueeze(-1) * values).sum(dim=1)
+        context = torch.bmm(weights, values).view(n * k, -1)  # weighted mix of the regions
+        context = torch.sigmoid(self.gate(h)) * context
         x = torch.cat([self.dropout(self.embed(tokens)), context], dim=-1)
         h, c = self.cell(x, (h, c))
         return h, c, values, keys
@@ -90,7 +96,9 @@ class ShowAttendTell(nn.Module):
         return self.out(self.dropout(torch.stack(hiddens, dim=1)))
 
     def repeat_state(self, state: AttnState, k: int) -> AttnState:
-        return tuple(s.repeat_interleave(k, dim=0) for s in state)  # type: ignore[return-value]
+        h, c, values, keys = state
+        return h.repeat_interleave(k, dim=0), c.repeat_interleave(k, dim=0), values, keys
 
     def select_state(self, state: AttnState, rows: torch.Tensor) -> AttnState:
-        return tuple(s[rows] for s in state)  # type: ignore[return-value]
+        h, c, values, keys = state
+        return h[rows], c[rows], values, keys

@@ -47,4 +47,6 @@ class Decoder(Protocol):
         """Each image's state repeated k times (row i -> rows i*k .. i*k+k-1)."""
 
     def select_state(self, state: State, rows: torch.Tensor) -> State:
-        """The state of the given rows, in that order (beams kept by the search)."""
+        """The state of the given rows, in that order (beams kept by the search). Each row
+        must come from its own image's block of k rows, as in beam search: per-image parts of
+        the state (e.g. attention's regions) are then shared, not copied."""
