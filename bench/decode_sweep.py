@@ -1,10 +1,12 @@
 """Decoding settings of one model on Flickr8k dev (and the two out-of-domain COCO sets, never
-tuned on): beam size x length penalty x repetition guard x class guidance, scored with BLEU and
-CIDEr-D (captioner's tokenizer, ~0.001 from PTB). Features come from the cache, so each setting
-costs only its decoding.
+tuned on): beam size x length penalty x repetition guard x class guidance x consensus reranking
+(neighbours, weight), scored with BLEU and CIDEr-D (captioner's tokenizer, ~0.001 from PTB).
+Features come from the cache, so each setting costs only its decoding.
 
     python bench/decode_sweep.py                       # the bundled model
     python bench/decode_sweep.py runs/x/model --beam-size 1 3 5 --length-penalty 0 1 2
+    python bench/decode_sweep.py --beam-size 5 --length-penalty 1 --repetition-penalty 2 \
+        --class-guidance 1 --rerank-neighbours 0 10 15 20 30 --rerank-weight 0.25 0.5 0.75
 
 Choose on dev; the out-of-domain column only warns when a setting overfits Flickr8k's style.
 """
@@ -36,6 +38,8 @@ def main() -> None:
     p.add_argument("--length-penalty", type=float, nargs="*", default=[0.0, 0.5, 1.0, 1.5])
     p.add_argument("--repetition-penalty", type=float, nargs="*", default=[0.0, 2.0])
     p.add_argument("--class-guidance", type=float, nargs="*", default=[0.0])
+    p.add_argument("--rerank-neighbours", type=int, nargs="*", default=[0])
+    p.add_argument("--rerank-weight", type=float, nargs="*", default=[0.5])
     args = p.parse_args()
     cap = Captioner.load(args.model)
     sets = {
@@ -50,18 +54,31 @@ def main() -> None:
         )
         for k, v in sets.items()
     }
-    cols = ["beam", "lp", "rep", "guide", "B1", "B4", "CIDEr", "len", "person_CIDEr", "mini_CIDEr"]
+    cols = ["beam", "lp", "rep", "guide", "k", "w", "B1", "B4", "CIDEr", "len"]
+    cols += ["person_CIDEr", "mini_CIDEr"]
     print(" ".join(f"{c:>12}" for c in cols), flush=True)
     grid = itertools.product(
-        args.beam_size, args.length_penalty, args.repetition_penalty, args.class_guidance
+        args.beam_size,
+        args.length_penalty,
+        args.repetition_penalty,
+        args.class_guidance,
+        args.rerank_neighbours,
+        args.rerank_weight,
     )
-    for beam, lp, rep, guide in grid:
+    for beam, lp, rep, guide, near, weight in grid:
         decode = cap.decoding.resolve(
-            beam_size=beam, length_penalty=lp, repetition_penalty=rep, class_guidance=guide
+            beam_size=beam,
+            length_penalty=lp,
+            repetition_penalty=rep,
+            class_guidance=guide,
+            rerank_neighbours=near,
+            rerank_weight=weight,
         )
-        row = [beam, lp, rep, guide]
+        row = [beam, lp, rep, guide, near, weight]
         for k in ("dev", "person", "mini"):
-            caps = caption_features(cap.bundle.model, cap.vocab, feats[k], decode)
+            caps = caption_features(
+                cap.bundle.model, cap.vocab, feats[k], decode, neighbours=cap.bundle.neighbours
+            )
             s = score_records(sets[k], caps, ("bleu", "cider"), tokenizer="simple")
             if k == "dev":
                 row += [s["BLEU-1"], s["BLEU-4"], s["CIDEr"], s["mean_length"]]

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from pycocoevalcap.cider.cider import Cider
 
 from captioner.core.errors import ScoringError
+from captioner.data.cider import CiderD, ngram_counts, until_end
 from captioner.data.vocab import tokenize
-from captioner.evaluation.cider import CiderD, ngram_counts, until_end
 
 
 def reference_cider(refs: list[list[list[str]]], cands: list[list[str]]):

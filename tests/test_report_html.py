@@ -18,8 +18,8 @@ import pytest
 from conftest import PHOTOS
 from PIL import Image
 
+from captioner.data.cider import CiderD
 from captioner.data.vocab import tokenize
-from captioner.evaluation.cider import CiderD
 from captioner.evaluation.report_html import build_html, per_image_cider, write_html
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

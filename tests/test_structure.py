@@ -104,7 +104,13 @@ def test_bundled_model_api_and_http_use_the_models_own_decoding(photo_dir, tmp_p
 
     cap = Captioner.load()
     assert cap.decoding == DecodeConfig(
-        beam_size=5, max_len=20, length_penalty=1.0, repetition_penalty=2.0, class_guidance=1.0
+        beam_size=5,
+        max_len=20,
+        length_penalty=1.0,
+        repetition_penalty=2.0,
+        class_guidance=1.0,
+        rerank_neighbours=15,
+        rerank_weight=0.5,
     )
     names = sorted(PHOTOS)
     paths = [photo_dir / f"{n}.jpg" for n in names]

@@ -150,7 +150,9 @@ class Captioner:
         for i in range(0, len(images), batch_size):
             pixels = [self.encoder.preprocess(self.open(im)) for im in images[i : i + batch_size]]
             feats = self.encoder(torch.from_numpy(np.stack(pixels)))
-            found = decode_nbest(self.bundle.model, self.vocab, feats, decode, alternatives)
+            found = decode_nbest(
+                self.bundle.model, self.vocab, feats, decode, alternatives, self.bundle.neighbours
+            )
             seen = self._tags(feats, tags, tag_threshold) if tags else [[] for _ in found]
             for hyps, image_tags in zip(found, seen, strict=True):
                 alts = [Alternative(self.vocab.decode(h.ids), h.confidence) for h in hyps]

@@ -56,6 +56,20 @@ class DecodeConfig(BaseModel):
         "models with class evidence only (0 = off)",
     )
 
+    rerank_neighbours: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="rerank the beam's captions by their agreement (CIDEr-D) with the captions "
+        "of this many most similar training photos (0 = off; models with a neighbour index only)",
+    )
+    rerank_weight: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="weight of the model's own log-probability per word against that agreement",
+    )
+
     def resolve(self, **overrides: object) -> DecodeConfig:
         """This config with the given (non-None) settings replaced, validated."""
         given = {k: v for k, v in overrides.items() if v is not None}
@@ -166,6 +180,8 @@ class TrainConfig(BaseModel):
     length_penalty: float = _decode_field("length_penalty")
     repetition_penalty: float = _decode_field("repetition_penalty")
     class_guidance: float = _decode_field("class_guidance")
+    rerank_neighbours: int = _decode_field("rerank_neighbours")
+    rerank_weight: float = _decode_field("rerank_weight")
     # machinery
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     workers: int = Field(1, ge=0, le=64, description="image-loading processes for features")
@@ -189,6 +205,11 @@ class TrainConfig(BaseModel):
                 "self-critical training reads cached features: it cannot be "
                 "combined with finetune_encoder"
             )
+        if self.rerank_neighbours and self.finetune_encoder:
+            raise ValueError(
+                "rerank_neighbours indexes the training photos' cached features: it cannot be "
+                "combined with finetune_encoder (set rerank_neighbours = 0)"
+            )
         return self
 
     @property
@@ -199,6 +220,8 @@ class TrainConfig(BaseModel):
             length_penalty=self.length_penalty,
             repetition_penalty=self.repetition_penalty,
             class_guidance=self.class_guidance,
+            rerank_neighbours=self.rerank_neighbours,
+            rerank_weight=self.rerank_weight,
         )
 
     def fingerprint(self) -> dict:
@@ -215,6 +238,8 @@ class TrainConfig(BaseModel):
             "length_penalty",
             "repetition_penalty",
             "class_guidance",
+            "rerank_neighbours",
+            "rerank_weight",
         }
         dump = self.model_dump(mode="json", exclude=skip)
         return {

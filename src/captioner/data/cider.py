@@ -166,7 +166,21 @@ class CiderD:
             raise ScoringError(
                 f"{len(candidates)} candidates but {len(refs_index)} reference indices"
             )
-        num = len(candidates)
+        return self._pairs(candidates, np.arange(len(candidates)), refs_index)
+
+    def consensus(self, candidates: Sequence[Tokens], images: np.ndarray) -> np.ndarray:
+        """Mean CIDEr-D of candidates[j] against the references of each image in images[j]
+        ((N, k) indices), counting each candidate's n-grams once: (N,)."""
+        images = np.asarray(images, dtype=np.int64).reshape(len(candidates), -1)
+        k = images.shape[1]
+        pairs = self._pairs(candidates, np.repeat(np.arange(len(candidates)), k), images.ravel())
+        return pairs.reshape(-1, k).mean(axis=1) if k else np.zeros(len(candidates))
+
+    def _pairs(
+        self, candidates: Sequence[Tokens], which: np.ndarray, refs_index: np.ndarray
+    ) -> np.ndarray:
+        """CIDEr-D of candidates[which[p]] against the references of image refs_index[p]."""
+        num = len(which)
         if num == 0:
             return np.zeros(0, dtype=np.float64)
         if refs_index.min() < 0 or refs_index.max() >= self.num_images:
@@ -175,21 +189,34 @@ class CiderD:
                 f"{int(refs_index.min())}..{int(refs_index.max())}"
             )
         n = self.n
-        # The candidates' distinct n-grams, flattened.
-        owner_a, gid_a, order_a, tf = self._flatten([ngram_counts(c, n) for c in candidates])
-        lengths = np.bincount(owner_a, weights=np.where(order_a == 1, tf, 0.0), minlength=num)
+        # The candidates' distinct n-grams, flattened (each candidate once, however many
+        # pairs it is in).
+        owner_c, gid_c, order_c, tf = self._flatten([ngram_counts(c, n) for c in candidates])
+        n_cand = len(candidates)
+        lengths = np.bincount(owner_c, weights=np.where(order_c == 1, tf, 0.0), minlength=n_cand)
         # Unseen n-grams have df 0 -> idf log(#images), as pycocoevalcap's log(max(1, 0)).
-        wc = tf * self._idf_or_unseen[gid_a]  # gid -1 picks the last entry
+        wc = tf * self._idf_or_unseen[gid_c]  # gid -1 picks the last entry
         cand_norms = np.sqrt(
-            np.bincount(owner_a * n + order_a, weights=wc * wc, minlength=num * n)
-        ).reshape(num, n)
+            np.bincount(owner_c * n + order_c, weights=wc * wc, minlength=n_cand * n)
+        ).reshape(n_cand, n)
+        lengths, cand_norms = lengths[which], cand_norms[which]
+
+        # Each pair's copy of its candidate's known n-grams.
+        known = gid_c >= 0
+        k_owner, k_order, k_gid, k_w = owner_c[known], order_c[known], gid_c[known], wc[known]
+        per_cand = np.bincount(k_owner, minlength=n_cand)
+        cand_start = np.cumsum(per_cand) - per_cand
+        count = per_cand[which]
+        a_entry = np.repeat(cand_start[which] - np.cumsum(count) + count, count) + np.arange(
+            int(count.sum())
+        )
+        owner_a = np.repeat(np.arange(num), count)
+        e_owner, e_order, e_gid, e_w = owner_a, k_order[a_entry], k_gid[a_entry], k_w[a_entry]
 
         # Pair every known candidate n-gram with every reference of its image.
         first = self._ref_start[refs_index]
         nrefs = self._ref_start[refs_index + 1] - first
         max_refs = int(nrefs.max())
-        known = gid_a >= 0
-        e_owner, e_order, e_gid, e_w = owner_a[known], order_a[known], gid_a[known], wc[known]
         reps = nrefs[e_owner]
         p_entry = np.repeat(np.arange(len(e_owner)), reps)
         starts = np.cumsum(reps) - reps

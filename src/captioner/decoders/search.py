@@ -7,7 +7,8 @@ plain most-probable sequence; larger values favour longer captions. beam_size=1 
 The repetition guard subtracts `repetition_penalty` from the log-probability of a content word
 the hypothesis already holds (an LSTM's classic failure: "a man and a man"). Class guidance
 adds `word_bonus` (from what the encoder's ImageNet classifier recognises, e.g. "cat" for a
-tabby) to a word's log-probability until the hypothesis holds it.
+tabby) to a word's log-probability until the hypothesis holds it. Consensus reranking
+(consensus.py) reorders the finished beam by agreement with similar training photos' captions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from ..config import DecodeConfig
 from ..data.vocab import Vocabulary
 from .base import Decoder
+from .consensus import NeighbourIndex
 
 NEG_INF = float("-inf")
 
@@ -161,10 +163,14 @@ def greedy(model: Decoder, features: torch.Tensor, max_len: int = 20) -> list[li
 
 
 def decode_ids(
-    model: Decoder, vocab: Vocabulary, features: torch.Tensor, decode: DecodeConfig
+    model: Decoder,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    decode: DecodeConfig,
+    neighbours: NeighbourIndex | None = None,
 ) -> list[list[int]]:
     """beam_search with every setting of `decode` (the one call the API and evaluation share)."""
-    return [h[0].ids for h in decode_nbest(model, vocab, features, decode)]
+    return [h[0].ids for h in decode_nbest(model, vocab, features, decode, 1, neighbours)]
 
 
 def decode_nbest(
@@ -173,20 +179,31 @@ def decode_nbest(
     features: torch.Tensor,
     decode: DecodeConfig,
     n_best: int = 1,
+    neighbours: NeighbourIndex | None = None,
 ) -> list[list[Hypothesis]]:
-    """The n best hypotheses per image under `decode` (the beam widens to n_best if needed)."""
+    """The n best hypotheses per image under `decode` (the beam widens to n_best if needed).
+    With `neighbours` and decode.rerank_neighbours > 0, the whole beam is reranked by
+    consensus with the nearest training photos' captions before the n best are taken."""
     repeatable = torch.tensor(vocab.repeatable()) if decode.repetition_penalty else None
-    return beam_search_nbest(
+    width = max(decode.beam_size, n_best)
+    rerank = neighbours is not None and decode.rerank_neighbours > 0
+    found = beam_search_nbest(
         model,
         features,
-        max(decode.beam_size, n_best),
+        width,
         decode.max_len,
         decode.length_penalty,
         decode.repetition_penalty,
         repeatable,
-        n_best,
+        width if rerank else n_best,
         class_bonus(model, vocab, features, decode.class_guidance),
     )
+    if rerank:
+        found = neighbours.rerank(
+            found, features, decode.rerank_neighbours, decode.rerank_weight, vocab
+        )
+        found = [hyps[:n_best] for hyps in found]
+    return found
 
 
 def class_bonus(
@@ -209,12 +226,13 @@ def caption_features(
     features: torch.Tensor,
     decode: DecodeConfig,
     batch: int = 250,
+    neighbours: NeighbourIndex | None = None,
 ) -> list[str]:
     """One caption per row of image features, searched as `decode` says, in batches."""
     device = next(model.parameters()).device
     out: list[str] = []
     for i in range(0, len(features), batch):
-        seqs = decode_ids(model, vocab, features[i : i + batch].to(device), decode)
+        seqs = decode_ids(model, vocab, features[i : i + batch].to(device), decode, neighbours)
         out.extend(vocab.decode(s) for s in seqs)
     return out
 
@@ -226,6 +244,7 @@ def sample(
     max_len: int,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    top_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n captions per image drawn from the model (or the greedy one), with gradients, for
     self-critical training. Returns tokens (B*n, L) without <start> (<pad> after <end>), the
@@ -251,6 +270,10 @@ def sample(
             logp[:, end + 1 :] = NEG_INF
         if greedy:
             word = logp.argmax(dim=-1)
+        elif top_k:
+            best = logp.topk(top_k, dim=-1)
+            pick = torch.multinomial(best.values.exp(), 1, generator=generator)
+            word = best.indices.gather(1, pick).squeeze(1)
         else:
             word = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
         word = word.masked_fill(done, pad)

@@ -14,6 +14,7 @@ from ..config import DecodeConfig
 from ..core.progress import Reporter, silent
 from ..data.datasets import Record
 from ..data.vocab import Vocabulary
+from ..decoders.consensus import NeighbourIndex
 from ..decoders.search import caption_features
 from ..vision.features import extract_features
 from .metrics import ALL_METRICS, has_java, require_java, score_records
@@ -26,11 +27,12 @@ def dev_scores(
     records: Sequence[Record],
     decode: DecodeConfig,
     final: bool = False,
+    neighbours: NeighbourIndex | None = None,
 ) -> dict[str, float]:
     """Dev-split scores. Per epoch: BLEU and CIDEr-D with captioner's own tokenizer (no Java
     start-up, ~0.001 from PTB). `final`: every metric through the official PTB tokenizer when
     Java exists (else no METEOR)."""
-    caps = caption_features(model, vocab, features, decode)
+    caps = caption_features(model, vocab, features, decode, neighbours=neighbours)
     if final:
         return score_records(
             records, caps, ALL_METRICS if has_java() else ("bleu", "rouge", "cider")
@@ -54,7 +56,10 @@ def evaluate_model(
         [r.image for r in records], captioner.encoder, cache_dir=cache_dir, report=report
     )
     feats = torch.from_numpy(np.asarray(feats, dtype=np.float32))
-    captions = caption_features(captioner.bundle.model, captioner.vocab, feats, decode)
+    bundle = captioner.bundle
+    captions = caption_features(
+        bundle.model, captioner.vocab, feats, decode, neighbours=bundle.neighbours
+    )
     scores = score_records(records, captions)
     ref_len = scores.pop("reference_mean_length")
     mean_len = scores.pop("mean_length")

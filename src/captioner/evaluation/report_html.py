@@ -30,9 +30,9 @@ from PIL import Image
 
 from ..core.atomic import atomic_write
 from ..core.errors import CaptionerError, ConfigError, ScoringError
+from ..data.cider import CiderD
 from ..data.vocab import tokenize
 from ..vision.images import open_image
-from .cider import CiderD
 
 THUMB_SIZE = 160  # longest side of a thumbnail, in pixels
 THUMB_QUALITY = 70  # JPEG quality: ~5-8 KB per photo, ~10 MB for 1,000 photos

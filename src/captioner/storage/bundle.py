@@ -1,5 +1,6 @@
 """Model bundles: a folder with config.json, vocab.json, model.safetensors, metrics.json and a
-README.md model card (plus encoder.safetensors for a fine-tuned encoder). Nothing is ever
+README.md model card (plus encoder.safetensors for a fine-tuned encoder, and neighbours.safetensors
+with neighbours.json for consensus reranking). Nothing is ever
 unpickled; versions, the decoder kind, the vocabulary size and every tensor's shape are checked
 on load. Writes go through `atomic_dir`, so a crash never leaves a half-written bundle."""
 
@@ -18,6 +19,7 @@ from ..core.atomic import atomic_dir
 from ..core.errors import BundleError, CaptionerError
 from ..data.vocab import Vocabulary
 from ..decoders.base import DecoderConfig
+from ..decoders.consensus import NeighbourIndex
 from ..decoders.registry import build_decoder
 from ..vision.registry import ENCODERS
 
@@ -25,6 +27,7 @@ FORMAT = "captioner-bundle"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 ENCODER_WEIGHTS = "encoder.safetensors"
+NEIGHBOURS = "neighbours.safetensors"  # the index's tensors; its captions in neighbours.json
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Bundle:
     metrics: dict
     path: Path | None = None
     encoder_state: dict[str, torch.Tensor] | None = None  # only for fine-tuned encoders
+    neighbours: NeighbourIndex | None = None  # training photos for consensus reranking
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -56,6 +60,10 @@ def save_bundle(path: Path, bundle: Bundle, card: str, dtype: torch.dtype = torc
                 str(tmp / ENCODER_WEIGHTS),
                 metadata={"format": FORMAT},
             )
+        if bundle.neighbours is not None:
+            tensors = {k: v.contiguous() for k, v in bundle.neighbours.tensors().items()}
+            save_file(tensors, str(tmp / NEIGHBOURS), metadata={"format": FORMAT})
+            _write_json(tmp / "neighbours.json", {"captions": bundle.neighbours.captions})
         _write_json(
             tmp / "config.json",
             {
@@ -155,8 +163,39 @@ def load_bundle(path: Path, device: str | torch.device = "cpu") -> Bundle:
         except Exception as exc:  # safetensors raises its own error types across versions
             raise BundleError(f"{path / ENCODER_WEIGHTS}: unreadable weights ({exc})") from None
     return Bundle(
-        model, vocab, cfg["encoder"], decoding, cfg.get("train", {}), metrics, path, encoder_state
+        model,
+        vocab,
+        cfg["encoder"],
+        decoding,
+        cfg.get("train", {}),
+        metrics,
+        path,
+        encoder_state,
+        _load_neighbours(path, mcfg.feature_dim),
     )
+
+
+def _load_neighbours(path: Path, feature_dim: int) -> NeighbourIndex | None:
+    if not (path / NEIGHBOURS).exists():
+        return None
+    try:
+        tensors = load_file(str(path / NEIGHBOURS))
+        captions = _read_json(path / "neighbours.json").get("captions")
+        if not isinstance(captions, list) or not all(
+            isinstance(c, list) and all(isinstance(x, str) for x in c) for c in captions
+        ):
+            raise ValueError("neighbours.json needs {'captions': [[caption, ...], ...]}")
+        index = NeighbourIndex(tensors["mean"], tensors["basis"], tensors["vectors"], captions)
+    except BundleError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types across versions
+        raise BundleError(f"{path / NEIGHBOURS}: unusable neighbour index ({exc})") from None
+    if index.mean.shape[0] != feature_dim:
+        raise BundleError(
+            f"{path / NEIGHBOURS}: indexes {index.mean.shape[0]} features, model expects "
+            f"{feature_dim}"
+        )
+    return index
 
 
 def read_summary(path: Path) -> dict:

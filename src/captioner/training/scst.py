@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..data.cider import CiderD, until_end
 from ..data.vocab import Vocabulary, tokenize
 from ..decoders.search import sample
-from ..evaluation.cider import CiderD, until_end
 
 
 class SelfCritical:

@@ -22,6 +22,7 @@ from ..config import TrainConfig
 from ..core.progress import Event, Reporter, silent
 from ..data.datasets import Record, load_dataset
 from ..data.vocab import Vocabulary
+from ..decoders.consensus import NeighbourIndex, pooled
 from ..decoders.registry import decoder_input
 from ..vision.encoders import Encoder
 from ..vision.features import extract_features, stack_pixels, without_worker_traces
@@ -195,6 +196,20 @@ class FinetunedEncoder:
 
 
 FeatureSource = CachedFeatures | FinetunedEncoder
+
+
+def neighbour_index(data: Data, chunk: int = 512) -> NeighbourIndex:
+    """The training photos (pooled cached features) and their captions, for consensus
+    reranking. Read in chunks: COCO's grids do not fit in memory at once."""
+    feats = data.train_feats
+    if feats is None:
+        raise ValueError("the neighbour index needs cached training features")
+    rows = []
+    for i in range(0, len(feats), chunk):
+        part = feats[i : i + chunk]
+        part = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))
+        rows.append(pooled(part))
+    return NeighbourIndex.build(torch.cat(rows), data.train_refs)
 
 
 def make_source(cfg: TrainConfig, data: Data, device: torch.device) -> FeatureSource:

@@ -32,7 +32,7 @@ from ..storage.bundle import Bundle, save_bundle
 from ..vision.registry import get_spec
 from .batches import count_batches, epoch_batches, learning_rate
 from .scst import SelfCritical, image_batches
-from .sources import Data, make_source, prepare_data
+from .sources import Data, make_source, neighbour_index, prepare_data
 
 
 def pick_device(name: str) -> torch.device:
@@ -77,12 +77,26 @@ threshold {cfg.vocab_threshold}.
 {cfg.seed}; best epoch {metrics.get("best_epoch")}; \
 {metrics.get("train_seconds", 0) / 60:.1f} minutes.
 
-## Dev-split scores (beam {cfg.beam_size}, length penalty {cfg.length_penalty}, pycocoevalcap)
+## Dev-split scores ({_decoding(cfg)}, pycocoevalcap)
 
 | metric | value |
 |---|---|
 {rows}
 """
+
+
+def _decoding(cfg: TrainConfig) -> str:
+    d = cfg.decoding
+    parts = [f"beam {d.beam_size}", f"length penalty {d.length_penalty}"]
+    if d.repetition_penalty:
+        parts.append(f"repetition guard {d.repetition_penalty}")
+    if d.class_guidance:
+        parts.append(f"class guidance {d.class_guidance}")
+    if d.rerank_neighbours:
+        parts.append(
+            f"consensus reranking with {d.rerank_neighbours} neighbours (weight {d.rerank_weight})"
+        )
+    return ", ".join(parts)
 
 
 def _padded(caps: list[tuple[int, list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +125,10 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         )
     data = data or prepare_data(cfg, device, report)
     source = make_source(cfg, data, device)
+    neighbours = None
+    if cfg.rerank_neighbours:
+        report(Event("data", message="indexing the training photos for consensus reranking"))
+        neighbours = neighbour_index(data)
     if cfg.finetune_encoder:
         report(
             Event(
@@ -182,7 +200,12 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
         t_dev = time.time()
         scores = dev_scores(
-            model, data.vocab, source.dev_features(), data.dev_records, cfg.decoding
+            model,
+            data.vocab,
+            source.dev_features(),
+            data.dev_records,
+            cfg.decoding,
+            neighbours=neighbours,
         )
         n_dev = len(data.dev_records)  # scored (no message: the epoch event says the scores)
         report(Event("dev", n_dev, n_dev, {"seconds": round(time.time() - t_dev, 1), **scores}))
@@ -230,7 +253,13 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     report(Event("dev", 0, len(data.dev_records), message="final dev scores of the best epoch"))
     metrics = {
         "dev": dev_scores(
-            model, data.vocab, source.dev_features(), data.dev_records, cfg.decoding, final=True
+            model,
+            data.vocab,
+            source.dev_features(),
+            data.dev_records,
+            cfg.decoding,
+            final=True,
+            neighbours=neighbours,
         ),
         "best_epoch": best["epoch"],
         "dev_split": cfg.dev_split,
@@ -246,6 +275,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         cfg.model_dump(mode="json"),
         metrics,
         encoder_state=source.bundle_state(),
+        neighbours=neighbours,
     )
     card = model_card(cfg, metrics, run.n_images, len(data.dev_records))
     report(Event("save", message=f"saving the model to {out / 'model'}"))
