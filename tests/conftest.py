@@ -35,6 +35,19 @@ PHOTOS = {
     "rocket": "a rocket stands on the launch pad under a blue sky",
 }
 
+# A tiny decoder trained on the photos above in seconds (training tests).
+TINY = dict(
+    dataset_format="captions",
+    vocab_threshold=1,
+    embed_size=48,
+    hidden_size=96,
+    dropout=0.0,
+    label_smoothing=0.0,
+    batch_size=4,
+    beam_size=2,
+    device="cpu",
+)
+
 
 @pytest.fixture(scope="session")
 def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

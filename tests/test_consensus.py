@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import PHOTOS
+from conftest import PHOTOS, TINY
 
 from captioner import Captioner
 from captioner.config import DecodeConfig, TrainConfig
@@ -108,21 +108,8 @@ def test_bundled_model_reranks_and_its_index_travels_in_the_bundle(photo_dir, tm
 
 
 def test_training_builds_the_index_and_the_model_uses_it(captions_csv, tmp_path, photo_dir):
-    cfg = TrainConfig(
-        dataset_path=captions_csv,
-        dataset_format="captions",
-        vocab_threshold=1,
-        embed_size=48,
-        hidden_size=96,
-        dropout=0.0,
-        label_smoothing=0.0,
-        batch_size=4,
-        learning_rate=1e-2,
-        epochs=40,
-        beam_size=3,
-        rerank_neighbours=2,
-        device="cpu",
-    )
+    settings = {**TINY, "beam_size": 3, "rerank_neighbours": 2}
+    cfg = TrainConfig(dataset_path=captions_csv, learning_rate=1e-2, epochs=40, **settings)
     out = train(cfg, tmp_path / "run")
     assert {"neighbours.json", "neighbours.safetensors"} <= {p.name for p in out.iterdir()}
     assert "consensus reranking with 2 neighbours" in (out / "README.md").read_text()

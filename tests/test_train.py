@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import COCO, PHOTOS, needs_coco
+from conftest import COCO, PHOTOS, TINY, needs_coco
 from safetensors.torch import load_file, save_file
 
 from captioner import Captioner
@@ -16,18 +16,6 @@ from captioner.core.errors import BundleError, ConfigError, TrainingError
 from captioner.core.progress import Event, StopTraining
 from captioner.storage.bundle import load_bundle
 from captioner.training.trainer import train
-
-TINY = dict(
-    dataset_format="captions",
-    vocab_threshold=1,
-    embed_size=48,
-    hidden_size=96,
-    dropout=0.0,
-    label_smoothing=0.0,
-    batch_size=4,
-    beam_size=2,
-    device="cpu",
-)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from PIL import Image
 from .config import DecodeConfig
 from .core.errors import BundleError, NoClassHead
 from .data.vocab import Vocabulary
+from .decoders.consensus import pooled
 from .decoders.registry import decoder_input
 from .decoders.search import decode_nbest
 from .storage.bundle import load_bundle
@@ -179,8 +180,7 @@ class Captioner:
     def _tags(self, feats: torch.Tensor, k: int, threshold: float) -> list[list[Tag]]:
         if self.class_head is None:
             return [[] for _ in feats]
-        pooled = feats.float().mean(dim=1) if feats.ndim == 3 else feats
         return [
             [Tag(str(t["label"]), float(t["probability"])) for t in row]
-            for row in self.class_head.top(pooled, k, threshold)
+            for row in self.class_head.top(pooled(feats), k, threshold)
         ]

@@ -61,7 +61,8 @@ class NeighbourIndex:
                 "sets (every photo needs at least one caption)"
             )
         self.mean, self.basis = mean.float(), basis.float()
-        self.vectors = vectors.to(torch.float16)
+        self.vectors = vectors.to(torch.float16)  # as stored
+        self._unit = self.vectors.float()  # searched: converted once, not per query
         self.captions = [list(c) for c in captions]
 
     @classmethod
@@ -87,7 +88,7 @@ class NeighbourIndex:
 
     def nearest(self, pooled_features: torch.Tensor, k: int) -> torch.Tensor:
         """Indices (N, k) of the k most similar training photos, most similar first."""
-        sims = self.project(pooled_features) @ self.vectors.float().T
+        sims = self.project(pooled_features) @ self._unit.T
         return sims.topk(min(k, sims.shape[1]), dim=1).indices
 
     @cached_property
