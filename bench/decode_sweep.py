@@ -1,12 +1,16 @@
 """Decoding settings of one model on Flickr8k dev (and the two out-of-domain COCO sets, never
 tuned on): beam size x length penalty x repetition guard x class guidance x consensus reranking
-(neighbours, weight), scored with BLEU and CIDEr-D (captioner's tokenizer, ~0.001 from PTB).
+(neighbours, weight, precision) x neighbour guidance, scored with BLEU and CIDEr-D (captioner's
+tokenizer, ~0.001 from PTB).
 Features come from the cache, so each setting costs only its decoding.
 
     python bench/decode_sweep.py                       # the bundled model
     python bench/decode_sweep.py runs/x/model --beam-size 1 3 5 --length-penalty 0 1 2
     python bench/decode_sweep.py --beam-size 5 --length-penalty 1 --repetition-penalty 2 \
         --class-guidance 1 --rerank-neighbours 0 10 15 20 30 --rerank-weight 0.25 0.5 0.75
+    python bench/decode_sweep.py --beam-size 5 --length-penalty 1 --repetition-penalty 2 \
+        --class-guidance 1 --rerank-neighbours 15 --rerank-precision 0 0.2 0.4 \
+        --neighbour-guidance 0 1 1.5
 
 Choose on dev; the out-of-domain column only warns when a setting overfits Flickr8k's style.
 """
@@ -40,6 +44,8 @@ def main() -> None:
     p.add_argument("--class-guidance", type=float, nargs="*", default=[0.0])
     p.add_argument("--rerank-neighbours", type=int, nargs="*", default=[0])
     p.add_argument("--rerank-weight", type=float, nargs="*", default=[0.5])
+    p.add_argument("--rerank-precision", type=float, nargs="*", default=[0.0])
+    p.add_argument("--neighbour-guidance", type=float, nargs="*", default=[0.0])
     args = p.parse_args()
     cap = Captioner.load(args.model)
     sets = {
@@ -54,7 +60,8 @@ def main() -> None:
         )
         for k, v in sets.items()
     }
-    cols = ["beam", "lp", "rep", "guide", "k", "w", "B1", "B4", "CIDEr", "len"]
+    cols = ["beam", "lp", "rep", "guide", "k", "w", "prec", "nguide"]
+    cols += ["B1", "B4", "CIDEr", "len"]
     cols += ["person_CIDEr", "mini_CIDEr"]
     print(" ".join(f"{c:>12}" for c in cols), flush=True)
     grid = itertools.product(
@@ -64,8 +71,10 @@ def main() -> None:
         args.class_guidance,
         args.rerank_neighbours,
         args.rerank_weight,
+        args.rerank_precision,
+        args.neighbour_guidance,
     )
-    for beam, lp, rep, guide, near, weight in grid:
+    for beam, lp, rep, guide, near, weight, prec, nguide in grid:
         decode = cap.decoding.resolve(
             beam_size=beam,
             length_penalty=lp,
@@ -73,8 +82,10 @@ def main() -> None:
             class_guidance=guide,
             rerank_neighbours=near,
             rerank_weight=weight,
+            rerank_precision=prec,
+            neighbour_guidance=nguide,
         )
-        row = [beam, lp, rep, guide, near, weight]
+        row = [beam, lp, rep, guide, near, weight, prec, nguide]
         for k in ("dev", "person", "mini"):
             caps = caption_features(
                 cap.bundle.model, cap.vocab, feats[k], decode, neighbours=cap.bundle.neighbours

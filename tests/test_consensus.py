@@ -16,7 +16,13 @@ from captioner.config import DecodeConfig, TrainConfig
 from captioner.core.errors import BundleError, ConfigError
 from captioner.data.cider import CiderD
 from captioner.data.vocab import Vocabulary, tokenize
-from captioner.decoders.consensus import NeighbourIndex, pooled
+from captioner.decoders.consensus import (
+    BREAK_EVEN,
+    GUIDANCE_FLOOR,
+    NeighbourIndex,
+    _expected_matches,
+    pooled,
+)
 from captioner.decoders.search import Hypothesis
 from captioner.storage.bundle import load_bundle, save_bundle
 from captioner.training.trainer import train
@@ -77,13 +83,58 @@ def test_rerank_prefers_what_the_neighbours_say_unless_the_model_weighs_more():
     assert [h.logprob for h in kept] == [-3.0, -6.0]
 
 
+def _vocab_and_hyp():
+    words = sorted(
+        {w for refs in REFS for c in refs for w in tokenize(c)} | {"horse", "front", "of"}
+    )
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *words])
+    ids = {w: i for i, w in enumerate(vocab.itos)}
+    return vocab, lambda text, logprob: Hypothesis([ids[w] for w in text.split()], logprob)
+
+
+def test_presence_is_the_share_of_neighbours_using_a_word_that_often():
+    index, _ = _index()
+    (share,) = index.presence(np.array([[0, 2]]))  # the dog photo and the beach photo
+    assert share[("the", 1)] == pytest.approx(1.0) and share[("dog", 1)] == pytest.approx(0.5)
+    # "a brown dog is running on a lawn" uses "a" twice; the beach captions never use it.
+    assert share[("a", 1)] == share[("a", 2)] == pytest.approx(0.5) and ("a", 3) not in share
+    assert ("horse", 1) not in share
+    # Expected matches: each word earns its presence less BREAK_EVEN.
+    got = _expected_matches(["a", "dog", "a", "a", "horse"], share)
+    assert got == pytest.approx(0.5 + 0.5 + 0.5 + 0.0 + 0.0 - 5 * BREAK_EVEN)
+
+
+def test_guidance_favours_the_neighbours_words_and_discourages_the_rest():
+    index, feats = _index()
+    vocab, _ = _vocab_and_hyp()
+    bonus = index.word_bonus(feats[:1] + 0.01, 1, 2.0, vocab)
+    assert bonus.shape == (1, len(vocab.itos))
+    at = {w: float(bonus[0, i]) for i, w in enumerate(vocab.itos)}
+    assert at["dog"] == pytest.approx(2.0 * (1 - GUIDANCE_FLOOR))
+    assert at["horse"] == pytest.approx(-2.0 * GUIDANCE_FLOOR) == at["cat"] == at["<end>"]
+
+
+def test_precision_costs_words_the_neighbours_do_not_use():
+    index, feats = _index()
+    vocab, hyp = _vocab_and_hyp()
+    # The model much prefers the longer caption; its tail is no neighbour's word.
+    beam = [hyp("a dog runs across the grass in front of a sofa", -1.0), hyp("a dog runs", -2.0)]
+    plain = index.rerank([beam], feats[:1], 1, 100.0, vocab)[0]
+    assert [h.logprob for h in plain] == [-1.0, -2.0]
+    strict = index.rerank([beam], feats[:1], 1, 100.0, vocab, precision=100.0)[0]
+    assert [h.logprob for h in strict] == [-2.0, -1.0]
+
+
 def test_bundled_model_reranks_and_its_index_travels_in_the_bundle(photo_dir, tmp_path):
     cap = Captioner.load()
     assert cap.bundle.neighbours is not None and cap.decoding.rerank_neighbours > 0
     photo = photo_dir / "chelsea.jpg"
     off = cap.decoding.resolve(rerank_neighbours=0)
     width = cap.decoding.beam_size
-    on = cap.describe([photo], alternatives=width)[0]
+    # Guidance changes what the beam holds; reranking alone only reorders it.
+    on = cap.describe(
+        [photo], alternatives=width, decode=cap.decoding.resolve(neighbour_guidance=0)
+    )[0]
     plain = cap.describe([photo], alternatives=width, decode=off)[0]
     # Reranking reorders the same beam: the same captions, possibly in another order.
     assert sorted(a.caption for a in on.alternatives) == sorted(
@@ -109,12 +160,14 @@ def test_bundled_model_reranks_and_its_index_travels_in_the_bundle(photo_dir, tm
 
 def test_training_builds_the_index_and_the_model_uses_it(captions_csv, tmp_path, photo_dir):
     settings = {**TINY, "beam_size": 3, "rerank_neighbours": 2}
+    settings |= {"rerank_precision": 0.4, "neighbour_guidance": 1.0}
     cfg = TrainConfig(dataset_path=captions_csv, learning_rate=1e-2, epochs=40, **settings)
     out = train(cfg, tmp_path / "run")
     assert {"neighbours.json", "neighbours.safetensors"} <= {p.name for p in out.iterdir()}
-    assert "consensus reranking with 2 neighbours" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "consensus reranking with 2 neighbours (weight 0.5, precision 0.4, guidance 1.0)" in card
     cap = Captioner.load(out)
-    assert cap.decoding.rerank_neighbours == 2
+    assert cap.decoding.rerank_neighbours == 2 and cap.decoding.neighbour_guidance == 1.0
     assert len(cap.bundle.neighbours.captions) == len(PHOTOS)
     names = sorted(PHOTOS)
     assert cap.caption([photo_dir / f"{n}.jpg" for n in names]) == [PHOTOS[n] for n in names]
@@ -123,5 +176,9 @@ def test_training_builds_the_index_and_the_model_uses_it(captions_csv, tmp_path,
 def test_rerank_settings_are_checked():
     with pytest.raises(ConfigError, match="rerank_neighbours"):
         DecodeConfig().resolve(rerank_neighbours=-1)
+    with pytest.raises(ConfigError, match="rerank_precision"):
+        DecodeConfig().resolve(rerank_precision=-0.1)
+    with pytest.raises(ConfigError, match="neighbour_guidance"):
+        DecodeConfig().resolve(neighbour_guidance=50)
     with pytest.raises(ValueError, match="finetune_encoder"):
         TrainConfig(dataset_path="d", finetune_encoder=True, rerank_neighbours=5)

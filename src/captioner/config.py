@@ -69,6 +69,21 @@ class DecodeConfig(BaseModel):
         le=10,
         description="weight of the model's own log-probability per word against that agreement",
     )
+    rerank_precision: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="reranking also scores each word by the share of the rerank_neighbours "
+        "photos whose captions use it, less 0.6: words they rarely use cost the caption (0 = off)",
+    )
+    neighbour_guidance: float = Field(
+        0.0,
+        ge=0,
+        le=20,
+        description="log-probability bonus while searching for words the captions of the "
+        "rerank_neighbours photos use (x their share, less 0.2) until the caption uses them "
+        "(0 = off)",
+    )
 
     def resolve(self, **overrides: object) -> DecodeConfig:
         """This config with the given (non-None) settings replaced, validated."""
@@ -182,6 +197,8 @@ class TrainConfig(BaseModel):
     class_guidance: float = _decode_field("class_guidance")
     rerank_neighbours: int = _decode_field("rerank_neighbours")
     rerank_weight: float = _decode_field("rerank_weight")
+    rerank_precision: float = _decode_field("rerank_precision")
+    neighbour_guidance: float = _decode_field("neighbour_guidance")
     # machinery
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     workers: int = Field(1, ge=0, le=64, description="image-loading processes for features")
@@ -222,6 +239,8 @@ class TrainConfig(BaseModel):
             class_guidance=self.class_guidance,
             rerank_neighbours=self.rerank_neighbours,
             rerank_weight=self.rerank_weight,
+            rerank_precision=self.rerank_precision,
+            neighbour_guidance=self.neighbour_guidance,
         )
 
     def fingerprint(self) -> dict:
@@ -240,6 +259,8 @@ class TrainConfig(BaseModel):
             "class_guidance",
             "rerank_neighbours",
             "rerank_weight",
+            "rerank_precision",
+            "neighbour_guidance",
         }
         dump = self.model_dump(mode="json", exclude=skip)
         return {

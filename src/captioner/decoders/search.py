@@ -182,11 +182,18 @@ def decode_nbest(
     neighbours: NeighbourIndex | None = None,
 ) -> list[list[Hypothesis]]:
     """The n best hypotheses per image under `decode` (the beam widens to n_best if needed).
-    With `neighbours` and decode.rerank_neighbours > 0, the whole beam is reranked by
-    consensus with the nearest training photos' captions before the n best are taken."""
+    With `neighbours` and decode.rerank_neighbours > 0, the search is guided toward the nearest
+    training photos' words (decode.neighbour_guidance) and the whole beam is reranked by
+    consensus with their captions before the n best are taken."""
     repeatable = torch.tensor(vocab.repeatable()) if decode.repetition_penalty else None
     width = max(decode.beam_size, n_best)
     rerank = neighbours is not None and decode.rerank_neighbours > 0
+    bonus = class_bonus(model, vocab, features, decode.class_guidance)
+    if rerank and decode.neighbour_guidance:
+        guide = neighbours.word_bonus(
+            features, decode.rerank_neighbours, decode.neighbour_guidance, vocab
+        ).to(features.device)
+        bonus = guide if bonus is None else bonus + guide
     found = beam_search_nbest(
         model,
         features,
@@ -196,11 +203,16 @@ def decode_nbest(
         decode.repetition_penalty,
         repeatable,
         width if rerank else n_best,
-        class_bonus(model, vocab, features, decode.class_guidance),
+        bonus,
     )
     if rerank:
         found = neighbours.rerank(
-            found, features, decode.rerank_neighbours, decode.rerank_weight, vocab
+            found,
+            features,
+            decode.rerank_neighbours,
+            decode.rerank_weight,
+            vocab,
+            decode.rerank_precision,
         )
         found = [hyps[:n_best] for hyps in found]
     return found

@@ -94,7 +94,8 @@ def _decoding(cfg: TrainConfig) -> str:
         parts.append(f"class guidance {d.class_guidance}")
     if d.rerank_neighbours:
         parts.append(
-            f"consensus reranking with {d.rerank_neighbours} neighbours (weight {d.rerank_weight})"
+            f"consensus reranking with {d.rerank_neighbours} neighbours (weight {d.rerank_weight}"
+            f", precision {d.rerank_precision}, guidance {d.neighbour_guidance})"
         )
     return ", ".join(parts)
 
