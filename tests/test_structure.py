@@ -111,6 +111,8 @@ def test_bundled_model_api_and_http_use_the_models_own_decoding(photo_dir, tmp_p
         class_guidance=1.0,
         rerank_neighbours=15,
         rerank_weight=0.5,
+        rerank_precision=0.4,
+        neighbour_guidance=1.0,
     )
     names = sorted(PHOTOS)
     paths = [photo_dir / f"{n}.jpg" for n in names]
