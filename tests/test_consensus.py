@@ -77,9 +77,9 @@ def test_rerank_prefers_what_the_neighbours_say_unless_the_model_weighs_more():
     # The model prefers the horse; the photo's neighbour (itself) talks about a dog.
     beam = [hyp("a horse runs across the grass", -3.0), hyp("a brown dog runs on a lawn", -6.0)]
     query = feats[:1]
-    reranked = index.rerank([beam], query, 1, 0.0, vocab)[0]
+    reranked = index.rerank([beam], index.nearest(query, 1), 0.0, vocab)[0]
     assert [h.logprob for h in reranked] == [-6.0, -3.0]
-    kept = index.rerank([beam], query, 1, 100.0, vocab)[0]
+    kept = index.rerank([beam], index.nearest(query, 1), 100.0, vocab)[0]
     assert [h.logprob for h in kept] == [-3.0, -6.0]
 
 
@@ -107,7 +107,7 @@ def test_presence_is_the_share_of_neighbours_using_a_word_that_often():
 def test_guidance_favours_the_neighbours_words_and_discourages_the_rest():
     index, feats = _index()
     vocab, _ = _vocab_and_hyp()
-    bonus = index.word_bonus(feats[:1] + 0.01, 1, 2.0, vocab)
+    bonus = index.word_bonus(index.presence(index.nearest(feats[:1] + 0.01, 1)), 2.0, vocab)
     assert bonus.shape == (1, len(vocab.itos))
     at = {w: float(bonus[0, i]) for i, w in enumerate(vocab.itos)}
     assert at["dog"] == pytest.approx(2.0 * (1 - GUIDANCE_FLOOR))
@@ -119,9 +119,9 @@ def test_precision_costs_words_the_neighbours_do_not_use():
     vocab, hyp = _vocab_and_hyp()
     # The model much prefers the longer caption; its tail is no neighbour's word.
     beam = [hyp("a dog runs across the grass in front of a sofa", -1.0), hyp("a dog runs", -2.0)]
-    plain = index.rerank([beam], feats[:1], 1, 100.0, vocab)[0]
+    plain = index.rerank([beam], index.nearest(feats[:1], 1), 100.0, vocab)[0]
     assert [h.logprob for h in plain] == [-1.0, -2.0]
-    strict = index.rerank([beam], feats[:1], 1, 100.0, vocab, precision=100.0)[0]
+    strict = index.rerank([beam], index.nearest(feats[:1], 1), 100.0, vocab, precision=100.0)[0]
     assert [h.logprob for h in strict] == [-2.0, -1.0]
 
 

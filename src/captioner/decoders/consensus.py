@@ -100,10 +100,11 @@ class NeighbourIndex:
         z = (pooled_features.float().cpu() - self.mean) @ self.basis
         return torch.nn.functional.normalize(z, dim=1)
 
-    def nearest(self, pooled_features: torch.Tensor, k: int) -> torch.Tensor:
-        """Indices (N, k) of the k most similar training photos, most similar first."""
-        sims = self.project(pooled_features) @ self._unit.T
-        return sims.topk(min(k, sims.shape[1]), dim=1).indices
+    def nearest(self, features: torch.Tensor, k: int) -> np.ndarray:
+        """Indices (N, k) of the k most similar training photos, most similar first
+        (`features`: pooled (N, D) or a grid (N, R, D))."""
+        sims = self.project(pooled(features)) @ self._unit.T
+        return sims.topk(min(k, sims.shape[1]), dim=1).indices.numpy()
 
     @cached_property
     def cider(self) -> CiderD:
@@ -136,13 +137,13 @@ class NeighbourIndex:
         return out
 
     def word_bonus(
-        self, features: torch.Tensor, k: int, weight: float, vocab: Vocabulary
+        self, shares: Sequence[dict[tuple[str, int], float]], weight: float, vocab: Vocabulary
     ) -> torch.Tensor:
-        """(N, vocab) guidance: weight x (presence among the k nearest photos - GUIDANCE_FLOOR)
-        for every token (those the neighbours never use, <end> included, start below zero)."""
-        near = self.nearest(pooled(features), k).numpy()
-        bonus = torch.full((len(near), len(vocab.itos)), -weight * GUIDANCE_FLOOR)
-        for i, share in enumerate(self.presence(near)):
+        """(N, vocab) guidance from each photo's `presence`: weight x (presence -
+        GUIDANCE_FLOOR) for every token (those the neighbours never use, <end> included, start
+        below zero)."""
+        bonus = torch.full((len(shares), len(vocab.itos)), -weight * GUIDANCE_FLOOR)
+        for i, share in enumerate(shares):
             for (word, n), p in share.items():
                 if n == 1 and word in vocab.stoi:
                     bonus[i, vocab.stoi[word]] += weight * p
@@ -151,19 +152,22 @@ class NeighbourIndex:
     def rerank(
         self,
         found: list[list[Hypothesis]],
-        features: torch.Tensor,
-        k: int,
+        near: np.ndarray,
         weight: float,
         vocab: Vocabulary,
         precision: float = 0.0,
+        shares: Sequence[dict[tuple[str, int], float]] | None = None,
     ) -> list[list[Hypothesis]]:
-        """Each image's hypotheses reordered by consensus + weight x log-probability per word
-        + precision x the words' presence less BREAK_EVEN (stable: ties keep the beam's order)."""
-        near = self.nearest(pooled(features), k).numpy()
+        """Each image's hypotheses reordered by consensus with its neighbours (`near`, rows of
+        `nearest`) + weight x log-probability per word + precision x the words' presence less
+        BREAK_EVEN (`shares`, computed here when not given; stable: ties keep the beam's order)."""
         words = [[vocab.itos[i] for i in h.ids] for hyps in found for h in hyps]
         owner = np.repeat(np.arange(len(found)), [len(h) for h in found])
         agreement = self.cider.consensus(words, near[owner]) if words else np.zeros(0)
-        shares = self.presence(near) if precision else [{}] * len(found)
+        if not precision:
+            shares = [{}] * len(found)
+        elif shares is None:
+            shares = self.presence(near)
         out, at = [], 0
         for hyps, share in zip(found, shares, strict=True):
             scores = [

@@ -189,11 +189,15 @@ def decode_nbest(
     width = max(decode.beam_size, n_best)
     rerank = neighbours is not None and decode.rerank_neighbours > 0
     bonus = class_bonus(model, vocab, features, decode.class_guidance)
-    if rerank and decode.neighbour_guidance:
-        guide = neighbours.word_bonus(
-            features, decode.rerank_neighbours, decode.neighbour_guidance, vocab
-        ).to(features.device)
-        bonus = guide if bonus is None else bonus + guide
+    if rerank:
+        # One neighbour lookup per batch serves the guidance and the reranking.
+        near = neighbours.nearest(features, decode.rerank_neighbours)
+        uses_presence = decode.neighbour_guidance or decode.rerank_precision
+        shares = neighbours.presence(near) if uses_presence else None
+        if decode.neighbour_guidance:
+            guide = neighbours.word_bonus(shares, decode.neighbour_guidance, vocab)
+            guide = guide.to(features.device)
+            bonus = guide if bonus is None else bonus + guide
     found = beam_search_nbest(
         model,
         features,
@@ -208,11 +212,11 @@ def decode_nbest(
     if rerank:
         found = neighbours.rerank(
             found,
-            features,
-            decode.rerank_neighbours,
+            near,
             decode.rerank_weight,
             vocab,
             decode.rerank_precision,
+            shares,
         )
         found = [hyps[:n_best] for hyps in found]
     return found
