@@ -15,6 +15,7 @@ from captioner.config import TrainConfig, make_config
 from captioner.core.errors import BundleError, ConfigError, TrainingError
 from captioner.core.progress import Event, StopTraining
 from captioner.storage.bundle import load_bundle
+from captioner.training import trainer
 from captioner.training.trainer import train
 
 
@@ -89,7 +90,9 @@ def test_broken_bundles_are_refused_with_reasons(overfit_model, tmp_path):
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_path):
-    cfg = TrainConfig(dataset_path=captions_csv, learning_rate=5e-3, epochs=4, **TINY)
+    cfg = TrainConfig(
+        dataset_path=captions_csv, learning_rate=5e-3, epochs=4, average_epochs=3, **TINY
+    )
     whole = train(cfg, tmp_path / "whole")
 
     # Stop after two epochs as a crash would, then run the same command again.
@@ -116,6 +119,64 @@ def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_p
     other = cfg.model_copy(update={"hidden_size": 64})
     with pytest.raises(TrainingError, match="different settings"):
         train(other, tmp_path / "resumed")
+
+
+def test_mean_of_the_last_epochs_is_averaged_scored_and_kept_when_better(
+    captions_csv, tmp_path, monkeypatch
+):
+    cfg = TrainConfig(
+        dataset_path=captions_csv, learning_rate=5e-3, epochs=3, average_epochs=2, **TINY
+    )
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint" / "state.safetensors"
+    # The tiny model's scores are arbitrary; lift the mean's CIDEr-D so that the branch that
+    # keeps it is the one exercised (the real scores are still computed and logged).
+    lift = {"on": False}
+    real = trainer.dev_scores
+
+    def scores(*args, **kwargs):
+        got = real(*args, **kwargs)
+        if lift["on"]:
+            lift["on"] = False
+            got = {**got, "CIDEr": got["CIDEr"] + 100.0}
+        return got
+
+    monkeypatch.setattr(trainer, "dev_scores", scores)
+
+    def stop_after(n: int):
+        def report(event: Event) -> None:
+            if event.phase == "dev" and (event.message or "").startswith("scoring the mean"):
+                lift["on"] = True
+            if event.phase == "epoch" and event.done == n:
+                raise StopTraining
+
+        return report
+
+    # Stop after epochs 2 and 3 (the window), so each epoch's weights can be read back; the
+    # running mean must survive the stop in between.
+    weights = {}
+    for n in (2, 3):
+        with pytest.raises(StopTraining):
+            train(cfg, run, report=stop_after(n))
+        tensors = load_file(ckpt)
+        weights[n] = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    mean = {k[8:]: v for k, v in tensors.items() if k.startswith("average.")}
+    assert mean.keys() == weights[3].keys()
+    for k, v in mean.items():
+        torch.testing.assert_close(v, (weights[2][k] + weights[3][k]) / 2)
+    bundle = train(cfg, run)  # finishes without training again
+
+    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [("mean_dev_CIDEr" in line) for line in log] == [False, False, True]
+    assert log[-1]["mean_dev_CIDEr"] >= 100.0
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert (metrics["best_epoch"], metrics["averaged_epochs"]) == (3, 2)
+    assert "the mean of epochs 2-3's weights" in (bundle / "README.md").read_text()
+    saved = load_file(bundle / "model.safetensors")
+    for k, v in mean.items():
+        torch.testing.assert_close(saved[k], v.to(saved[k].dtype))
+    assert any(not torch.equal(saved[k], weights[3][k].to(saved[k].dtype)) for k in mean)
+    with pytest.raises(ValueError, match="cannot exceed epochs"):
+        TrainConfig(dataset_path=captions_csv, epochs=2, average_epochs=3)
 
 
 def test_config_from_file_flags_and_errors(tmp_path):

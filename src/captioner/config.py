@@ -172,6 +172,13 @@ class TrainConfig(BaseModel):
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="learning-rate schedule after a one-epoch linear warm-up"
     )
+    average_epochs: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="also score the mean of the last N cross-entropy epochs' weights on dev "
+        "and keep it when its CIDEr-D beats every epoch's; 1 = off",
+    )
     max_len: int = _decode_field("max_len")
     # self-critical sequence training (Rennie et al., 2017) after the cross-entropy epochs
     scst_epochs: int = Field(
@@ -215,6 +222,10 @@ class TrainConfig(BaseModel):
     def _consistent(self) -> TrainConfig:
         if self.class_evidence and self.decoder != "attention":
             raise ValueError("class_evidence needs decoder = attention")
+        if self.average_epochs > self.epochs:
+            raise ValueError(
+                f"average_epochs ({self.average_epochs}) cannot exceed epochs ({self.epochs})"
+            )
         if self.scst_epochs and self.scst_baseline == "mean" and self.scst_samples < 2:
             raise ValueError("the mean baseline needs scst_samples >= 2")
         if self.scst_epochs and self.finetune_encoder:
@@ -280,6 +291,7 @@ _LATER = {
     "scst_baseline",
     "scst_samples",
     "scst_batch_size",
+    "average_epochs",
 }
 
 

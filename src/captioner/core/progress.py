@@ -110,10 +110,17 @@ class ConsoleReporter:
                 self.bars.pop(event.phase, None)
         elif event.phase == "epoch":
             bar = self.bars.get("train")
+            best, n = m["best_epoch"], m.get("best_averaged", 1)
+            where = f"mean of epochs {best - n + 1}-{best}" if n > 1 else f"epoch {best}"
             text = (
                 f"epoch {m['epoch']}: loss {m['loss']:.3f}  dev BLEU-4 {m['dev_BLEU-4']:.3f}"
-                f"  CIDEr {m['dev_CIDEr']:.3f}  (best CIDEr {m['best_CIDEr']:.3f}, epoch "
-                f"{m['best_epoch']})"
+                f"  CIDEr {m['dev_CIDEr']:.3f}"
+                + (
+                    f"  mean weights CIDEr {m['mean_dev_CIDEr']:.3f}"
+                    if "mean_dev_CIDEr" in m
+                    else ""
+                )
+                + f"  (best CIDEr {m['best_CIDEr']:.3f}, {where})"
             )
             (bar.write if bar is not None else print)(text)
         elif event.message and event.phase != "done":

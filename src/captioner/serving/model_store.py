@@ -198,6 +198,7 @@ class ModelStore:
             "dev_split": metrics.get("dev_split"),
             "beam_size": metrics.get("beam_size"),
             "best_epoch": metrics.get("best_epoch"),
+            "averaged_epochs": metrics.get("averaged_epochs", 1),
             "train_seconds": metrics.get("train_seconds"),
             "size_bytes": summary["size_bytes"],
             "card": summary["card"],

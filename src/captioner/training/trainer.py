@@ -6,6 +6,10 @@ Run folder layout (``out``):
   checkpoint/      last epoch's weights, optimiser and RNG state (resume point)
   metrics.jsonl    one JSON line per epoch
 
+With average_epochs = N > 1, the mean of the last N cross-entropy epochs' weights is scored
+after the last of them and kept as the best when its dev CIDEr-D is higher (checkpoint
+averaging: the mean sits nearer the centre of the flat region the last epochs wander through).
+
 Progress goes to a `Reporter` (core.progress); a reporter may raise StopTraining after an
 ``epoch`` event to end the run at that checkpoint.
 """
@@ -74,7 +78,7 @@ def model_card(cfg: TrainConfig, metrics: dict, n_train: int, n_dev: int) -> str
 threshold {cfg.vocab_threshold}.
 - **Training**: {cfg.epochs} cross-entropy epochs, batch {cfg.batch_size}, learning rate \
 {cfg.learning_rate} ({cfg.lr_schedule}), label smoothing {cfg.label_smoothing}{scst}; seed \
-{cfg.seed}; best epoch {metrics.get("best_epoch")}; \
+{cfg.seed}; best: {_best_text(metrics)}; \
 {metrics.get("train_seconds", 0) / 60:.1f} minutes.
 
 ## Dev-split scores ({_decoding(cfg)}, pycocoevalcap)
@@ -83,6 +87,13 @@ threshold {cfg.vocab_threshold}.
 |---|---|
 {rows}
 """
+
+
+def _best_text(metrics: dict) -> str:
+    epoch, n = metrics.get("best_epoch"), metrics.get("averaged_epochs", 1)
+    if n > 1:
+        return f"the mean of epochs {epoch - n + 1}-{epoch}'s weights"
+    return f"epoch {epoch}"
 
 
 def _decoding(cfg: TrainConfig) -> str:
@@ -174,9 +185,11 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
 
     out.mkdir(parents=True, exist_ok=True)
     start_epoch, best, best_state, history, elapsed = 0, None, {}, [], 0.0
+    average = _Average(cfg)
     if checkpoint.exists(ckpt):
         state = checkpoint.load_checkpoint(ckpt, model, opt)
         source.load_state(state.extra)
+        average.load(state.extra, state.meta.get("average"))
         best_state = state.best_state
         start_epoch, best, history = state.meta["epoch"], state.meta["best"], state.meta["history"]
         elapsed = state.meta.get("elapsed", 0.0)
@@ -210,6 +223,23 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         )
         n_dev = len(data.dev_records)  # scored (no message: the epoch event says the scores)
         report(Event("dev", n_dev, n_dev, {"seconds": round(time.time() - t_dev, 1), **scores}))
+        candidates = [(scores, epoch + 1, 1, None)]
+        if average.add(epoch, _weights(model, source)):
+            n = cfg.average_epochs
+            report(Event("dev", 0, n_dev, message=f"scoring the mean of the last {n} epochs"))
+            raw = _weights(model, source)
+            _load_weights(model, source, average.state)
+            mean_scores = dev_scores(
+                model,
+                data.vocab,
+                source.dev_features(),
+                data.dev_records,
+                cfg.decoding,
+                neighbours=neighbours,
+            )
+            _load_weights(model, source, raw)
+            report(Event("dev", n_dev, n_dev, mean_scores))
+            candidates.append((mean_scores, epoch + 1, n, average.state))
         line = {
             "epoch": epoch + 1,
             "phase": "xe" if epoch < cfg.epochs else "scst",
@@ -217,12 +247,13 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             "lr": opt.param_groups[0]["lr"],
             "seconds": time.time() - t_epoch,
             **{f"dev_{k}": v for k, v in scores.items()},
+            **{f"mean_dev_{k}": v for c in candidates[1:] for k, v in c[0].items()},
         }
         history.append(line)
-        if best is None or scores["CIDEr"] > best["CIDEr"]:
-            best = {**scores, "epoch": epoch + 1}
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best_state.update({k: v.clone() for k, v in source.state().items()})
+        for found, at, n, weights in candidates:
+            if best is None or found["CIDEr"] > best["CIDEr"]:
+                best = {**found, "epoch": at, "averaged": n}
+                best_state = _weights(model, source) if weights is None else _copy(weights)
         with log_path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
         checkpoint.save_checkpoint(
@@ -236,15 +267,21 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
                 "history": history,
                 "elapsed": elapsed + time.time() - t0,
                 "fingerprint": cfg.fingerprint(),
+                "average": average.meta(),
             },
-            source.state(),
+            {**source.state(), **average.tensors()},
         )
         report(
             Event(
                 "epoch",
                 epoch + 1,
                 cfg.epochs + cfg.scst_epochs,
-                {**line, "best_CIDEr": best["CIDEr"], "best_epoch": best["epoch"]},
+                {
+                    **line,
+                    "best_CIDEr": best["CIDEr"],
+                    "best_epoch": best["epoch"],
+                    "best_averaged": best.get("averaged", 1),
+                },
             )
         )
 
@@ -263,6 +300,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             neighbours=neighbours,
         ),
         "best_epoch": best["epoch"],
+        "averaged_epochs": best.get("averaged", 1),
         "dev_split": cfg.dev_split,
         "beam_size": cfg.beam_size,
         "train_seconds": round(elapsed + time.time() - t0, 1),
@@ -283,6 +321,59 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     save_bundle(out / "model", bundle, card)
     report(Event("done", 1, 1, metrics["dev"], message=f"model saved to {out / 'model'}"))
     return out / "model"
+
+
+def _weights(model: torch.nn.Module, source) -> dict[str, torch.Tensor]:
+    """A copy of everything trained: the decoder's state and the source's (encoder.*)."""
+    return _copy({**model.state_dict(), **source.state()})
+
+
+def _copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in weights.items()}
+
+
+def _load_weights(model: torch.nn.Module, source, weights: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("encoder.")})
+    source.load_state(weights)
+
+
+class _Average:
+    """Running mean (fp32) of the weights of the last `average_epochs` cross-entropy epochs;
+    it travels in the checkpoint so a resumed run averages the same epochs."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.first = cfg.epochs - cfg.average_epochs  # 0-based index of the first epoch
+        self.last = cfg.epochs - 1
+        self.on = cfg.average_epochs > 1
+        self.state: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, epoch: int, weights: dict[str, torch.Tensor]) -> bool:
+        """Fold in this epoch's weights; True after the window's last epoch."""
+        if not self.on or not self.first <= epoch <= self.last:
+            return False
+        if self.count != epoch - self.first:  # a window from other settings: start again
+            self.state, self.count = {}, 0
+        n = self.count
+        self.state = {
+            k: (self.state[k] + (v.float() - self.state[k]) / (n + 1) if n else v.float())
+            if v.is_floating_point()
+            else v.clone()  # integer buffers: the latest
+            for k, v in weights.items()
+        }
+        self.count = n + 1
+        return epoch == self.last and self.count > 1
+
+    def meta(self) -> dict:
+        return {"first": self.first, "count": self.count}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"average.{k}": v.contiguous() for k, v in self.state.items()}
+
+    def load(self, extra: dict[str, torch.Tensor], meta: dict | None) -> None:
+        if self.on and meta and meta.get("first") == self.first:
+            self.state = {k[8:]: v for k, v in extra.items() if k.startswith("average.")}
+            self.count = int(meta.get("count", 0)) if self.state else 0
 
 
 class _Epochs:

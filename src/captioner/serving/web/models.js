@@ -21,8 +21,14 @@ function compare(models) {
     el("th", { scope: "row" }, title(m), m.name ? el("div", { class: "model-id" }, m.id) : ""),
     el("td", {}, m.dev_split || "–"),
     ...cols.map(k => el("td", { class: m.dev_scores[k] === best[k] && ok.length > 1 ? "best" : "" }, fmtScore(m.dev_scores[k]))),
-    el("td", {}, m.best_epoch ?? "–"), el("td", {}, fmtTime(m.train_seconds))))
+    el("td", {}, bestEpoch(m)), el("td", {}, fmtTime(m.train_seconds))))
     : [el("tr", {}, el("td", { colspan: cols.length + 4 }, "No model has dev scores yet."))]));
+}
+
+// An averaged model's weights are the mean of its last epochs (training's average_epochs).
+function bestEpoch(m) {
+  if (m.best_epoch == null) return "–";
+  return m.averaged_epochs > 1 ? `mean of ${m.best_epoch - m.averaged_epochs + 1}–${m.best_epoch}` : String(m.best_epoch);
 }
 
 function renameForm(m) {
@@ -67,7 +73,7 @@ async function render() {
           (st.scst_epochs ? ` + ${st.scst_epochs} self-critical` : "") + (m.beam_size ? `, beam ${m.beam_size}` : ""))),
         el("tr", {}, el("th", {}, `Dev scores${m.dev_split ? ` (${m.dev_split})` : ""}`),
           el("td", {}, scores.length ? scores.map(k => `${k} ${fmtScore(s[k])}`).join(", ") : "–")),
-        el("tr", {}, el("th", {}, "Best epoch"), el("td", {}, m.best_epoch ?? "–")),
+        el("tr", {}, el("th", {}, "Best epoch"), el("td", {}, bestEpoch(m))),
         el("tr", {}, el("th", {}, "Training time"), el("td", {}, fmtTime(m.train_seconds))),
         el("tr", {}, el("th", {}, "Size"), el("td", {}, `${(m.size_bytes / 1e6).toFixed(1)} MB`)))),
       m.card ? el("details", { class: "card-text" }, el("summary", {}, "Model card"), el("pre", {}, m.card)) : "",
