@@ -117,6 +117,8 @@ def test_a_named_job_shows_every_phase_and_its_model_can_be_renamed(live, page):
     row = page.locator("#compare tbody tr", has_text="Four photos")
     assert row.count() == 1 and row.locator("td").count() >= 5
     assert page.locator("#compare tbody tr").count() >= 2  # beside the bundled model
+    # The bundled model's weights are the mean of its last two epochs.
+    assert "mean of 7–8" in page.locator("#compare").inner_text()
     card.locator("form.rename input").fill("Four photos, renamed")
     card.locator("form.rename button").click()
     page.wait_for_function(
