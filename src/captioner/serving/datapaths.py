@@ -80,6 +80,13 @@ def confine(value: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Pat
     text = os.fspath(value)
     if not text.strip() or "\0" in text:
         raise DataPathError(f"{text!r} is not a path; give a path inside {describe_roots(roots)}")
+    if any(not part.strip() for part in Path(text).parts):
+        # A folder or file named only by spaces is a typing slip ('flickr8k/ '), and would
+        # come back from confinement as a path that is refused above.
+        raise DataPathError(
+            f"{text!r} has a part that is only spaces; remove them and give a path inside "
+            f"{describe_roots(roots)}"
+        )
     lexical = absolute_roots(roots)
     # A root may itself be a link (data -> /mnt/data): its real location is the same folder.
     bases = lexical + [Path(os.path.realpath(r)) for r in lexical]
