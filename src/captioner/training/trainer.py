@@ -201,6 +201,19 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         log_path.unlink(missing_ok=True)  # a fresh run must not inherit an old log
 
     run = _Epochs(cfg, data, source, model, opt, trained, loss_fn, device, report)
+
+    def score_dev(final: bool = False) -> dict[str, float]:
+        """The dev split captioned by the model's current weights, with the run's decoding."""
+        return dev_scores(
+            model,
+            data.vocab,
+            source.dev_features(),
+            data.dev_records,
+            cfg.decoding,
+            final=final,
+            neighbours=neighbours,
+        )
+
     for epoch in range(start_epoch, cfg.epochs + cfg.scst_epochs):
         t_epoch = time.time()
         if epoch < cfg.epochs:
@@ -213,30 +226,15 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             extra = run.self_critical(epoch)  # policy-gradient loss and mean sample reward
         report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
         t_dev = time.time()
-        scores = dev_scores(
-            model,
-            data.vocab,
-            source.dev_features(),
-            data.dev_records,
-            cfg.decoding,
-            neighbours=neighbours,
-        )
+        scores = score_dev()
         n_dev = len(data.dev_records)  # scored (no message: the epoch event says the scores)
         report(Event("dev", n_dev, n_dev, {"seconds": round(time.time() - t_dev, 1), **scores}))
         candidates = [(scores, epoch + 1, 1, None)]
-        if average.add(epoch, _weights(model, source)):
+        if average.covers(epoch) and average.add(epoch, raw := _weights(model, source)):
             n = cfg.average_epochs
             report(Event("dev", 0, n_dev, message=f"scoring the mean of the last {n} epochs"))
-            raw = _weights(model, source)
             _load_weights(model, source, average.state)
-            mean_scores = dev_scores(
-                model,
-                data.vocab,
-                source.dev_features(),
-                data.dev_records,
-                cfg.decoding,
-                neighbours=neighbours,
-            )
+            mean_scores = score_dev()
             _load_weights(model, source, raw)
             report(Event("dev", n_dev, n_dev, mean_scores))
             candidates.append((mean_scores, epoch + 1, n, average.state))
@@ -290,15 +288,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     model.eval()
     report(Event("dev", 0, len(data.dev_records), message="final dev scores of the best epoch"))
     metrics = {
-        "dev": dev_scores(
-            model,
-            data.vocab,
-            source.dev_features(),
-            data.dev_records,
-            cfg.decoding,
-            final=True,
-            neighbours=neighbours,
-        ),
+        "dev": score_dev(final=True),
         "best_epoch": best["epoch"],
         "averaged_epochs": best.get("averaged", 1),
         "dev_split": cfg.dev_split,
@@ -348,10 +338,11 @@ class _Average:
         self.state: dict[str, torch.Tensor] = {}
         self.count = 0
 
+    def covers(self, epoch: int) -> bool:
+        return self.on and self.first <= epoch <= self.last
+
     def add(self, epoch: int, weights: dict[str, torch.Tensor]) -> bool:
-        """Fold in this epoch's weights; True after the window's last epoch."""
-        if not self.on or not self.first <= epoch <= self.last:
-            return False
+        """Fold in this epoch's weights (an epoch it covers); True after the window's last."""
         if self.count != epoch - self.first:  # a window from other settings: start again
             self.state, self.count = {}, 0
         n = self.count
