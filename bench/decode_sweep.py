@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from captioner import Captioner  # noqa: E402
 from captioner.data.datasets import load_dataset  # noqa: E402
-from captioner.decoders.search import caption_features  # noqa: E402
+from captioner.decoders.pipeline import caption_features  # noqa: E402
 from captioner.evaluation.metrics import score_records  # noqa: E402
 from captioner.vision.features import extract_features  # noqa: E402
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from captioner.config import TrainConfig  # noqa: E402
 from captioner.data.datasets import Record, load_dataset  # noqa: E402
 from captioner.data.vocab import Vocabulary  # noqa: E402
-from captioner.decoders.search import caption_features  # noqa: E402
+from captioner.decoders.pipeline import caption_features  # noqa: E402
 from captioner.evaluation.metrics import score_records  # noqa: E402
 from captioner.storage.bundle import load_bundle  # noqa: E402
 from captioner.training.sources import Data  # noqa: E402
@@ -90,10 +90,10 @@ def run_one(job: tuple[int, dict, str, str]) -> dict:
         "dev_cider_per_epoch": [round(h["dev_CIDEr"], 3) for h in b.metrics["history"]],
     }
     for name, (feats, recs) in ood.items():
-        caps = caption_features(b.model, data.vocab, feats, cfg.decoding)
+        caps = caption_features(b.model, data.vocab, feats, cfg.decode)
         result[name] = round(score_records(recs, caps, ("cider",), "simple")["CIDEr"], 3)
     for lp in (0.0, 0.5, 1.0, 1.5):
-        decode = cfg.decoding.resolve(beam_size=3, length_penalty=lp)
+        decode = cfg.decode.resolve(beam_size=3, length_penalty=lp)
         caps = caption_features(b.model, data.vocab, data.dev_feats, decode)
         s = score_records(data.dev_records, caps, ("bleu", "cider"))
         result[f"lp{lp}"] = {

@@ -16,14 +16,10 @@ from captioner.config import DecodeConfig, TrainConfig
 from captioner.core.errors import BundleError, ConfigError
 from captioner.data.cider import CiderD
 from captioner.data.vocab import Vocabulary, tokenize
-from captioner.decoders.consensus import (
-    BREAK_EVEN,
-    GUIDANCE_FLOOR,
-    NeighbourIndex,
-    _expected_matches,
-    pooled,
-)
-from captioner.decoders.search import Hypothesis
+from captioner.decoders.adjusters import GUIDANCE_FLOOR, neighbour_bonus
+from captioner.decoders.base import Hypothesis
+from captioner.decoders.neighbours import NeighbourIndex, pooled
+from captioner.decoders.rerankers import BREAK_EVEN, ConsensusReranker, expected_matches
 from captioner.storage.bundle import load_bundle, save_bundle
 from captioner.training.trainer import train
 
@@ -77,9 +73,10 @@ def test_rerank_prefers_what_the_neighbours_say_unless_the_model_weighs_more():
     # The model prefers the horse; the photo's neighbour (itself) talks about a dog.
     beam = [hyp("a horse runs across the grass", -3.0), hyp("a brown dog runs on a lawn", -6.0)]
     query = feats[:1]
-    reranked = index.rerank([beam], index.nearest(query, 1), 0.0, vocab)[0]
+    hood = index.lookup(query, 1, presence=False)
+    reranked = ConsensusReranker(hood, vocab, weight=0.0)([beam])[0]
     assert [h.logprob for h in reranked] == [-6.0, -3.0]
-    kept = index.rerank([beam], index.nearest(query, 1), 100.0, vocab)[0]
+    kept = ConsensusReranker(hood, vocab, weight=100.0)([beam])[0]
     assert [h.logprob for h in kept] == [-3.0, -6.0]
 
 
@@ -100,14 +97,14 @@ def test_presence_is_the_share_of_neighbours_using_a_word_that_often():
     assert share[("a", 1)] == share[("a", 2)] == pytest.approx(0.5) and ("a", 3) not in share
     assert ("horse", 1) not in share
     # Expected matches: each word earns its presence less BREAK_EVEN.
-    got = _expected_matches(["a", "dog", "a", "a", "horse"], share)
+    got = expected_matches(["a", "dog", "a", "a", "horse"], share)
     assert got == pytest.approx(0.5 + 0.5 + 0.5 + 0.0 + 0.0 - 5 * BREAK_EVEN)
 
 
 def test_guidance_favours_the_neighbours_words_and_discourages_the_rest():
     index, feats = _index()
     vocab, _ = _vocab_and_hyp()
-    bonus = index.word_bonus(index.presence(index.nearest(feats[:1] + 0.01, 1)), 2.0, vocab)
+    bonus = neighbour_bonus(index.lookup(feats[:1] + 0.01, 1, presence=True), 2.0, vocab)
     assert bonus.shape == (1, len(vocab.itos))
     at = {w: float(bonus[0, i]) for i, w in enumerate(vocab.itos)}
     assert at["dog"] == pytest.approx(2.0 * (1 - GUIDANCE_FLOOR))
@@ -119,9 +116,10 @@ def test_precision_costs_words_the_neighbours_do_not_use():
     vocab, hyp = _vocab_and_hyp()
     # The model much prefers the longer caption; its tail is no neighbour's word.
     beam = [hyp("a dog runs across the grass in front of a sofa", -1.0), hyp("a dog runs", -2.0)]
-    plain = index.rerank([beam], index.nearest(feats[:1], 1), 100.0, vocab)[0]
+    hood = index.lookup(feats[:1], 1, presence=True)
+    plain = ConsensusReranker(hood, vocab, weight=100.0)([beam])[0]
     assert [h.logprob for h in plain] == [-1.0, -2.0]
-    strict = index.rerank([beam], index.nearest(feats[:1], 1), 100.0, vocab, precision=100.0)[0]
+    strict = ConsensusReranker(hood, vocab, weight=100.0, precision=100.0)([beam])[0]
     assert [h.logprob for h in strict] == [-2.0, -1.0]
 
 
@@ -129,7 +127,7 @@ def test_bundled_model_reranks_and_its_index_travels_in_the_bundle(photo_dir, tm
     cap = Captioner.load()
     assert cap.bundle.neighbours is not None and cap.decoding.rerank_neighbours > 0
     photo = photo_dir / "chelsea.jpg"
-    off = cap.decoding.resolve(rerank_neighbours=0)
+    off = cap.decoding.resolve(rerank_neighbours=0, neighbour_guidance=0, rerank_precision=0)
     width = cap.decoding.beam_size
     # Guidance changes what the beam holds; reranking alone only reorders it.
     on = cap.describe(
@@ -182,3 +180,22 @@ def test_rerank_settings_are_checked():
         DecodeConfig().resolve(neighbour_guidance=50)
     with pytest.raises(ValueError, match="finetune_encoder"):
         TrainConfig(dataset_path="d", finetune_encoder=True, rerank_neighbours=5)
+    # Guidance and precision read the rerank_neighbours photos: never silently off.
+    with pytest.raises(ConfigError, match="set rerank_neighbours > 0"):
+        DecodeConfig(rerank_neighbours=15, neighbour_guidance=1.0).resolve(rerank_neighbours=0)
+    with pytest.raises(ValueError, match="set rerank_neighbours > 0"):
+        TrainConfig(dataset_path="d", rerank_precision=0.4)
+
+
+def test_settings_a_model_cannot_honour_are_refused(captions_csv, tmp_path, photo_dir):
+    from captioner.core.errors import ConfigError as Refused
+
+    cfg = TrainConfig(dataset_path=captions_csv, epochs=1, **TINY)
+    cap = Captioner.load(train(cfg, tmp_path / "run"))  # no class head, no neighbour index
+    photo = photo_dir / "chelsea.jpg"
+    with pytest.raises(Refused, match="class_guidance needs a model trained with class evidence"):
+        cap.caption([photo], decode=cap.decoding.resolve(class_guidance=1.0))
+    with pytest.raises(Refused, match="needs a model that carries a neighbour index"):
+        cap.caption([photo], decode=cap.decoding.resolve(rerank_neighbours=5))
+    with pytest.raises(ValueError, match="class_guidance needs class_evidence"):
+        TrainConfig(dataset_path="d", class_guidance=1.0)

@@ -25,8 +25,8 @@ STAGES = [
     "core",
     "data",
     "vision",
-    "config",
     "decoders",
+    "config",
     "storage",
     "api",
     "evaluation",
@@ -86,7 +86,7 @@ def test_config_and_help_do_not_import_torch():
 
 def test_one_decoding_rule():
     base = DecodeConfig()
-    assert TrainConfig(dataset_path="d").decoding == base  # training's defaults are the same
+    assert TrainConfig(dataset_path="d").decode == base  # training's defaults are the same
     assert base.resolve(beam_size=None, length_penalty=None) == base
     assert base.resolve(beam_size=5).beam_size == 5
     limit = DecodeConfig.model_fields["beam_size"].metadata[-1].le
@@ -94,6 +94,44 @@ def test_one_decoding_rule():
         base.resolve(beam_size=limit + 1)
     # A bundle's saved block is read with the same defaults (older bundles lack fields).
     assert DecodeConfig.from_saved({"beam_size": 2}).length_penalty == base.length_penalty
+
+
+# A checkpoint's fingerprint as written before decoding settings were nested in `decode`
+# (the default preset on a captions file): such runs must still resume.
+OLD_FINGERPRINT = {
+    "dataset_format": "captions", "dataset_path": "/tmp/bl/small.csv", "images": None,
+    "train_split": "train", "dev_split": "dev", "skip_missing": False,
+    "encoder": "efficientnet_lite0", "finetune_encoder": False, "encoder_lr": 0.0001,
+    "decoder": "attention", "class_evidence": True, "batch_size": 64, "vocab_threshold": 2,
+    "embed_size": 256, "hidden_size": 512, "learning_rate": 0.001, "num_layers": 1,
+    "dropout": 0.3, "grad_clip": 5.0, "label_smoothing": 0.1, "weight_decay": 0.0,
+    "lr_schedule": "cosine", "average_epochs": 2, "max_len": 20, "seed": 42,
+}  # fmt: skip
+
+
+def test_flat_settings_old_bundles_and_old_checkpoints_still_load(tmp_path):
+    from captioner.config import make_config
+
+    saved = json.loads((PACKAGE / "models" / "default" / "config.json").read_text())
+    cfg = TrainConfig(**saved["train"])  # written flat, before `decode` existed
+    assert cfg.decode == DecodeConfig.from_saved(saved["decoding"])
+    assert cfg.decode.beam_size == 5 and cfg.decode.rerank_neighbours == 15
+    # The fingerprint leaves decoding out as a whole; older checkpoints' fingerprints match.
+    flat = {**OLD_FINGERPRINT, "epochs": 3, "beam_size": 5, "rerank_neighbours": 15}
+    flat |= {"class_guidance": 1.0, "repetition_penalty": 2.0, "rerank_precision": 0.4}
+    assert TrainConfig(**flat).fingerprint() == OLD_FINGERPRINT
+    assert TrainConfig(**{**flat, "beam_size": 3}).fingerprint() == OLD_FINGERPRINT
+    # Layers merge field by field: a flag changes one decoding setting, the preset keeps the rest.
+    cfg = make_config(preset="default", dataset_path="d", beam_size=3)
+    assert (cfg.decode.beam_size, cfg.decode.repetition_penalty) == (3, 2.0)
+    file = tmp_path / "run.toml"
+    file.write_text('dataset_path = "d"\nmax_len = 16\n[decode]\nbeam_size = 2\n')
+    cfg = make_config(file, preset="default")
+    assert (cfg.decode.beam_size, cfg.decode.max_len, cfg.max_len) == (2, 16, 16)
+    assert cfg.decode.rerank_neighbours == 15
+    with pytest.raises(ConfigError, match="decode"):
+        file.write_text('dataset_path = "d"\ndecode = 5\n')
+        make_config(file)
 
 
 def test_bundled_model_api_and_http_use_the_models_own_decoding(photo_dir, tmp_path):

@@ -108,7 +108,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(captions_csv, tmp_p
     # A kill after epoch 3's log line but before its checkpoint leaves a line to be redone.
     with (tmp_path / "resumed" / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps({"epoch": 3, "loss": 9.9}) + "\n")
-    resumed = train(cfg, tmp_path / "resumed")
+    events: list[Event] = []
+    resumed = train(cfg, tmp_path / "resumed", report=events.append)
+    # Before training on, the resumed run reports the checkpoint's history (not the log's
+    # extra line): a reporter keeping its own copy takes that record.
+    resume = next(i for i, e in enumerate(events) if e.phase == "resume")
+    assert resume < next(i for i, e in enumerate(events) if e.phase == "train")
+    assert events[resume].done == 2 and events[resume].metrics["history"] == state["history"]
     a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_a = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from captioner.data.vocab import SPECIALS, Vocabulary, tokenize
+from captioner.decoders.adjusters import RepetitionGuard, WordBonus
 from captioner.decoders.attention import ShowAttendTell
 from captioner.decoders.base import DecoderConfig as ModelConfig
 from captioner.decoders.registry import build_decoder
-from captioner.decoders.search import beam_search, beam_search_nbest, greedy, sample
+from captioner.decoders.search import beam_search, sample
 from captioner.decoders.show_and_tell import ShowAndTell
 
 KINDS = ["show_and_tell", "attention"]
@@ -127,6 +128,11 @@ def _ranked(m, feat, max_len, alpha, penalty=0.0, repeatable=None, bonus=None):
     return sorted(out, key=lambda r: -r[0])
 
 
+def _best(m, feats: torch.Tensor, **search) -> list[list[int]]:
+    """The best caption's ids per image."""
+    return [hyps[0].ids for hyps in beam_search(m, feats, **search)]
+
+
 def _exhaustive(m, feat: torch.Tensor, max_len: int, alpha: float):
     return _ranked(m, feat, max_len, alpha)[0][1]
 
@@ -140,8 +146,8 @@ def test_beam_search_matches_exhaustive_search(alpha, kind):
         m = _tiny_model(seed, kind)
         feats = _features(kind, 3, seed)
         # A beam wide enough to hold every prefix is exact search, batched over 3 images.
-        wide = beam_search(m, feats, beam_size=27, max_len=max_len, length_penalty=alpha)
-        narrow = greedy(m, feats, max_len=max_len)
+        wide = _best(m, feats, beam_size=27, max_len=max_len, length_penalty=alpha)
+        narrow = _best(m, feats, beam_size=1, max_len=max_len)
         with torch.no_grad():
             for i in range(3):
                 best = _exhaustive(m, feats[i : i + 1], max_len, alpha)
@@ -164,8 +170,16 @@ def test_nbest_guard_and_bonus_match_exhaustive_search(kind):
         bonus = torch.zeros(2, 7)
         bonus[:, 6] = 1.5  # as if the classifier saw what word 6 names
         for penalty, word_bonus in ((0.0, None), (3.0, None), (0.0, bonus), (3.0, bonus)):
-            found = beam_search_nbest(
-                m, feats, 27, max_len, 0.7, penalty, repeatable, n_best=3, word_bonus=word_bonus
+            steps = [RepetitionGuard(penalty, repeatable)] if penalty else []
+            steps += [WordBonus(word_bonus)] if word_bonus is not None else []
+            found = beam_search(
+                m,
+                feats,
+                beam_size=27,
+                max_len=max_len,
+                length_penalty=0.7,
+                n_best=3,
+                adjusters=steps,
             )
             for i in range(2):
                 want = _ranked(
@@ -193,9 +207,9 @@ def test_nbest_guard_and_bonus_match_exhaustive_search(kind):
 def test_decoding_is_deterministic_and_batch_independent(kind):
     m = _tiny_model(0, kind)
     feats = _features(kind, 5, 1)
-    a = beam_search(m, feats, beam_size=3, max_len=6)
-    b = beam_search(m, feats, beam_size=3, max_len=6)
-    one_by_one = [beam_search(m, feats[i : i + 1], beam_size=3, max_len=6)[0] for i in range(5)]
+    a = _best(m, feats, beam_size=3, max_len=6)
+    b = _best(m, feats, beam_size=3, max_len=6)
+    one_by_one = [_best(m, feats[i : i + 1], beam_size=3, max_len=6)[0] for i in range(5)]
     assert a == b == one_by_one
     assert all(len(s) <= 6 and Vocabulary.end_id not in s for s in a)
 
@@ -217,4 +231,4 @@ def test_sampling_for_self_critical_training(kind):
     # Greedy sampling is beam search with one beam.
     best, _, _ = sample(m, feats, 1, max_len=5, greedy=True)
     rows = [r[: r.index(Vocabulary.end_id)] for r in best.tolist()]
-    assert rows == beam_search(m, feats, beam_size=1, max_len=5)
+    assert rows == _best(m, feats, beam_size=1, max_len=5)

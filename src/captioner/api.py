@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -12,11 +15,13 @@ import torch
 from PIL import Image
 
 from .config import DecodeConfig
+from .core.csvsafe import safe_row
 from .core.errors import BundleError, NoClassHead
 from .data.vocab import Vocabulary
-from .decoders.consensus import pooled
+from .decoders.neighbours import pooled
+from .decoders.pipeline import decode_nbest
 from .decoders.registry import decoder_input
-from .decoders.search import decode_nbest
+from .decoders.settings import check_alternatives
 from .storage.bundle import load_bundle
 from .vision.encoders import Encoder
 from .vision.images import open_image, pixel_limit
@@ -62,7 +67,47 @@ class Description:
     alternatives: list[Alternative] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON form every interface answers with (JSONL rows, the HTTP API): numbers to 4
+        places, `alternatives` only when more than one caption was asked for."""
+        out = {
+            "caption": self.caption,
+            "confidence": round(self.confidence, 4),
+            "tags": [{"label": t.label, "probability": round(t.probability, 4)} for t in self.tags],
+        }
+        if self.alternatives:
+            out["alternatives"] = [
+                {"caption": a.caption, "confidence": round(a.confidence, 4)}
+                for a in self.alternatives
+            ]
+        return out
+
+
+# One row format for every output: TSV/CSV columns, JSONL lines and the HTTP CSV answer.
+ROW_FIELDS = ["image", "caption", "confidence", "tags"]  # image,caption first, as always
+ROW_FORMATS = ("tsv", "csv", "jsonl")
+
+
+def format_row(fmt: str, image: str | Path, d: Description) -> str:
+    """One output line for image `image` and its Description (file names are user input: CSV
+    cells are made formula-safe)."""
+    if fmt == "jsonl":
+        row = {"image": str(image), **d.to_dict()}
+        row.pop("alternatives", None)
+        return json.dumps(row, ensure_ascii=False) + "\n"
+    cells = [str(image), d.caption, f"{d.confidence:.3f}", tags_text(d.tags)]
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerow(safe_row(cells))
+        return buf.getvalue()
+    if fmt == "tsv":
+        return "\t".join(cells) + "\n"
+    raise ValueError(f"unknown row format {fmt!r}; choose one of {', '.join(ROW_FORMATS)}")
+
+
+def csv_header() -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(ROW_FIELDS)
+    return buf.getvalue()
 
 
 def default_model_path() -> Path:
@@ -113,22 +158,23 @@ class Captioner:
             return image
         return open_image(image, self.encoder.spec.image_size, self.max_pixels)
 
+    def decoding_for(self, decode: DecodeConfig | None = None, **overrides: object) -> DecodeConfig:
+        """`decode` (else the model's own settings) with any DecodeConfig field replaced, e.g.
+        beam_size=3: the one rule every interface (Python, CLI, HTTP, evaluate) applies."""
+        return (decode or self.decoding).resolve(**overrides)
+
     def caption(
         self,
         images: Sequence[ImageLike] | ImageLike,
-        beam_size: int | None = None,
-        max_len: int | None = None,
-        length_penalty: float | None = None,
+        *,
         batch_size: int = 16,
         decode: DecodeConfig | None = None,
+        **overrides: object,
     ) -> list[str]:
-        """One caption per image, in order. Decoding: `decode`, else the model's own settings
-        with any of beam_size/max_len/length_penalty replaced. Raises ImageError (an OSError)
-        for unreadable files."""
-        decode = (decode or self.decoding).resolve(
-            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty
-        )
-        found = self.describe(images, tags=0, batch_size=batch_size, decode=decode)
+        """One caption per image, in order. Decoding: `decode`, else the model's own settings,
+        with any DecodeConfig field given as a keyword replaced (beam_size=3). Raises ImageError
+        (an OSError) for unreadable files."""
+        found = self.describe(images, tags=0, batch_size=batch_size, decode=decode, **overrides)
         return [d.caption for d in found]
 
     def describe(
@@ -139,14 +185,16 @@ class Captioner:
         tag_threshold: float = TAG_THRESHOLD,
         batch_size: int = 16,
         decode: DecodeConfig | None = None,
+        **overrides: object,
     ) -> list[Description]:
         """Per image: caption, confidence, up to `tags` tags and, with alternatives=n > 1, the
-        n best captions (the beam widens to n if it is narrower)."""
+        n best captions (the beam widens to n if it is narrower). Decoding as in `caption`."""
         if isinstance(images, (str, Path, Image.Image)):
             images = [images]
-        if not 1 <= alternatives <= 20 or not 0 <= tags <= 20:
-            raise ValueError("alternatives must be 1..20 and tags 0..20")
-        decode = decode or self.decoding
+        check_alternatives(alternatives)
+        if not 0 <= tags <= 20:
+            raise ValueError("tags must be 0..20")
+        decode = self.decoding_for(decode, **overrides)
         out: list[Description] = []
         for i in range(0, len(images), batch_size):
             pixels = [self.encoder.preprocess(self.open(im)) for im in images[i : i + batch_size]]

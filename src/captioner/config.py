@@ -1,7 +1,8 @@
 """The typed objects that describe a run. `TrainConfig` is what CLI flags, a TOML/YAML file,
 a preset or the web form produce (all through `make_config`); it is saved inside the model
-bundle. `DecodeConfig` is how captions are searched, shared by training's dev scoring, the
-bundle, the Python API, the HTTP API and the CLI. Importing this module never imports torch."""
+bundle. It holds a `DecodeConfig` (decoders/settings.py: how captions are searched), used for dev
+scores and saved in the bundle as the model's own decoding. Importing this module never imports
+torch."""
 
 from __future__ import annotations
 
@@ -19,97 +20,15 @@ from pydantic import (
     model_validator,
 )
 
-from .core.errors import ConfigError
+from .core.errors import ConfigError, validation_message
+from .decoders.registry import DECODERS
+from .decoders.settings import DecodeConfig
 from .vision.registry import ENCODERS
+
+__all__ = ["DATASET_FORMATS", "DecodeConfig", "TrainConfig", "make_config", "presets"]
 
 DATASET_FORMATS = ("flickr8k", "coco", "karpathy", "captions")
 DatasetFormat = Literal["flickr8k", "coco", "karpathy", "captions"]
-
-
-class DecodeConfig(BaseModel):
-    """How a caption is searched for. One rule for defaults everywhere: what the caller asks
-    for, else what the model bundle saved, else these defaults (`resolve`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    beam_size: int = Field(3, ge=1, le=20, description="beam size (1 = greedy)")
-    max_len: int = Field(20, ge=2, le=100, description="longest caption in words")
-    length_penalty: float = Field(
-        1.0,
-        ge=0,
-        le=3,
-        description="beam length normalisation: score / length**penalty "
-        "(0 = most probable sequence; larger favours longer captions)",
-    )
-    repetition_penalty: float = Field(
-        0.0,
-        ge=0,
-        le=20,
-        description="log-probability taken off a content word the caption already holds (0 = off)",
-    )
-    class_guidance: float = Field(
-        0.0,
-        ge=0,
-        le=20,
-        description="log-probability bonus for words naming what the encoder's ImageNet "
-        "classifier recognises (x its probability), until the caption uses them; "
-        "models with class evidence only (0 = off)",
-    )
-
-    rerank_neighbours: int = Field(
-        0,
-        ge=0,
-        le=100,
-        description="rerank the beam's captions by their agreement (CIDEr-D) with the captions "
-        "of this many most similar training photos (0 = off; models with a neighbour index only)",
-    )
-    rerank_weight: float = Field(
-        0.5,
-        ge=0,
-        le=10,
-        description="weight of the model's own log-probability per word against that agreement",
-    )
-    rerank_precision: float = Field(
-        0.0,
-        ge=0,
-        le=10,
-        description="reranking also scores each word by the share of the rerank_neighbours "
-        "photos whose captions use it, less 0.6: words they rarely use cost the caption (0 = off)",
-    )
-    neighbour_guidance: float = Field(
-        0.0,
-        ge=0,
-        le=20,
-        description="log-probability bonus while searching for words the captions of the "
-        "rerank_neighbours photos use (x their share, less 0.2) until the caption uses them "
-        "(0 = off)",
-    )
-
-    def resolve(self, **overrides: object) -> DecodeConfig:
-        """This config with the given (non-None) settings replaced, validated."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if not given:
-            return self
-        try:
-            return DecodeConfig(**{**self.model_dump(), **given})
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc, "decoding settings")) from None
-
-    @classmethod
-    def from_saved(cls, data: dict | None) -> DecodeConfig:
-        """A bundle's saved decoding block (unknown keys from newer versions are ignored)."""
-        data = data or {}
-        return cls(**{k: v for k, v in data.items() if k in cls.model_fields})
-
-
-def _decode_field(name: str):
-    # TrainConfig's decoding fields are DecodeConfig's own: one default and one limit each.
-    return DecodeConfig.model_fields[name]
-
-
-def _describe(exc: ValidationError, what: str) -> str:
-    lines = [f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
-    return f"invalid {what}:\n" + "\n".join(lines)
 
 
 class TrainConfig(BaseModel):
@@ -145,10 +64,11 @@ class TrainConfig(BaseModel):
         1e-4, gt=0, le=1, description="peak learning rate of the fine-tuned encoder stage"
     )
     # decoder
-    decoder: Literal["show_and_tell", "attention"] = Field(
+    decoder: str = Field(
         "show_and_tell",
-        description="show_and_tell (pooled image features are the LSTM's first input) or "
-        "attention (soft attention over the encoder's spatial grid, Show Attend and Tell)",
+        description="caption decoder: "
+        + "; ".join(f"{s.kind} ({s.help})" for s in DECODERS.values()),
+        json_schema_extra={"enum": list(DECODERS)},  # the web form's choices
     )
     attention_size: int = Field(512, ge=8, le=4096, description="attention layer size")
     class_evidence: bool = Field(
@@ -179,7 +99,13 @@ class TrainConfig(BaseModel):
         description="also score the mean of the last N cross-entropy epochs' weights on dev "
         "and keep it when its CIDEr-D beats every epoch's; 1 = off",
     )
-    max_len: int = _decode_field("max_len")
+    max_len: int = Field(
+        20,
+        ge=2,
+        le=100,
+        description="longest training caption in words (also decoding's, unless decode.max_len "
+        "is given)",
+    )
     # self-critical sequence training (Rennie et al., 2017) after the cross-entropy epochs
     scst_epochs: int = Field(
         0,
@@ -198,18 +124,22 @@ class TrainConfig(BaseModel):
     scst_batch_size: int = Field(32, ge=1, le=4096, description="images per self-critical step")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="random seed (runs are reproducible)")
     # decoding used for dev scores and saved in the bundle as the model's default
-    beam_size: int = _decode_field("beam_size")
-    length_penalty: float = _decode_field("length_penalty")
-    repetition_penalty: float = _decode_field("repetition_penalty")
-    class_guidance: float = _decode_field("class_guidance")
-    rerank_neighbours: int = _decode_field("rerank_neighbours")
-    rerank_weight: float = _decode_field("rerank_weight")
-    rerank_precision: float = _decode_field("rerank_precision")
-    neighbour_guidance: float = _decode_field("neighbour_guidance")
+    decode: DecodeConfig = Field(
+        default_factory=DecodeConfig, description="how captions are searched"
+    )
     # machinery
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where to train")
     workers: int = Field(1, ge=0, le=64, description="image-loading processes for features")
     cache_dir: Path | None = Field(None, description="feature cache (default ~/.cache/captioner)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_decoding(cls, data: object) -> object:
+        # Presets, config files, the web form and older bundles/checkpoints give decoding
+        # settings flat (beam_size = 5); they live in `decode`.
+        if isinstance(data, dict):
+            return nest_decoding(data)
+        return data
 
     @field_validator("encoder")
     @classmethod
@@ -218,10 +148,20 @@ class TrainConfig(BaseModel):
             raise ValueError(f"unknown encoder {value!r}; choose one of {', '.join(ENCODERS)}")
         return value
 
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, value: str) -> str:
+        if value not in DECODERS:
+            raise ValueError(f"unknown decoder {value!r}; choose one of {', '.join(DECODERS)}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.class_evidence and self.decoder != "attention":
-            raise ValueError("class_evidence needs decoder = attention")
+        if self.class_evidence and not DECODERS[self.decoder].class_evidence:
+            able = [k for k, s in DECODERS.items() if s.class_evidence]
+            raise ValueError(f"class_evidence needs decoder = {' or '.join(able)}")
+        if self.decode.class_guidance and not self.class_evidence:
+            raise ValueError("decode.class_guidance needs class_evidence (a class head)")
         if self.average_epochs > self.epochs:
             raise ValueError(
                 f"average_epochs ({self.average_epochs}) cannot exceed epochs ({self.epochs})"
@@ -233,52 +173,59 @@ class TrainConfig(BaseModel):
                 "self-critical training reads cached features: it cannot be "
                 "combined with finetune_encoder"
             )
-        if self.rerank_neighbours and self.finetune_encoder:
+        if self.decode.rerank_neighbours and self.finetune_encoder:
             raise ValueError(
                 "rerank_neighbours indexes the training photos' cached features: it cannot be "
                 "combined with finetune_encoder (set rerank_neighbours = 0)"
             )
         return self
 
-    @property
-    def decoding(self) -> DecodeConfig:
-        return DecodeConfig(
-            beam_size=self.beam_size,
-            max_len=self.max_len,
-            length_penalty=self.length_penalty,
-            repetition_penalty=self.repetition_penalty,
-            class_guidance=self.class_guidance,
-            rerank_neighbours=self.rerank_neighbours,
-            rerank_weight=self.rerank_weight,
-            rerank_precision=self.rerank_precision,
-            neighbour_guidance=self.neighbour_guidance,
-        )
-
     def fingerprint(self) -> dict:
         """Settings a checkpoint must agree with to be resumed (not epochs or machinery).
         Settings added later are left out at their defaults, so older runs still resume."""
         # Epoch counts may change: a finished run can be extended, e.g. with SCST epochs.
-        skip = {
-            "epochs",
-            "scst_epochs",
-            "device",
-            "workers",
-            "cache_dir",
-            "beam_size",
-            "length_penalty",
-            "repetition_penalty",
-            "class_guidance",
-            "rerank_neighbours",
-            "rerank_weight",
-            "rerank_precision",
-            "neighbour_guidance",
-        }
+        # Decoding never changes the weights, so a run can be resumed with other decoding.
+        skip = {"epochs", "scst_epochs", "device", "workers", "cache_dir", "decode"}
         dump = self.model_dump(mode="json", exclude=skip)
         return {
             k: v
             for k, v in dump.items()
             if k not in _LATER or v != TrainConfig.model_fields[k].default
         }
+
+
+def nest_decoding(data: dict) -> dict:
+    """Settings with decoding's fields given flat (beam_size = 5) moved into `decode`; a flat
+    max_len is training's and also decoding's unless decode sets its own (one field before)."""
+    flat = {k: data[k] for k in DecodeConfig.model_fields if k in data and k != "max_len"}
+    if not flat and "max_len" not in data:
+        return data
+    nested = data.get("decode") or {}
+    if isinstance(nested, DecodeConfig):
+        nested = nested.model_dump()
+    if not isinstance(nested, dict):
+        return data  # let validation say what is wrong
+    decode = {**flat, **nested}
+    if "max_len" in data and "max_len" not in decode:
+        decode["max_len"] = data["max_len"]
+    return {**{k: v for k, v in data.items() if k not in flat}, "decode": decode}
+
+
+def flat_schema() -> dict:
+    """TrainConfig's JSON schema with decoding's fields flat beside the others (as the web form
+    and job bodies send them; validation nests them)."""
+    schema = TrainConfig.model_json_schema()
+    props = schema["properties"]
+    props.pop("decode", None)
+    schema.pop("$defs", None)
+    for name, prop in DecodeConfig.model_json_schema()["properties"].items():
+        props.setdefault(name, prop)  # max_len stays training's
+    return schema
+
+
+def setting_names() -> set[str]:
+    """Every name a settings file, the web form or a job body may use (decoding's flat too)."""
+    return set(TrainConfig.model_fields) | set(DecodeConfig.model_fields)
 
 
 # Fields added after the first release (see fingerprint).
@@ -331,15 +278,21 @@ def make_config(
     file: Path | None = None, preset: str | None = None, **overrides: object
 ) -> TrainConfig:
     """Defaults, then the preset, then the file, then explicit overrides (None = not given)."""
+    layers = [preset_values(preset) if preset else {}, load_config_file(file) if file else {}]
+    layers.append({k: v for k, v in overrides.items() if v is not None})
     data: dict = {}
-    if preset:
-        data.update(preset_values(preset))
-    if file:
-        data.update(load_config_file(file))
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    for layer in layers:  # decoding merges field by field too
+        layer = nest_decoding(dict(layer))
+        given = layer.pop("decode", {})
+        if not isinstance(given, dict):
+            raise ConfigError("decode: expected a table of decoding settings, e.g. [decode]")
+        decode = {**data.get("decode", {}), **given}
+        data.update(layer)
+        if decode:
+            data["decode"] = decode
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
         raise ConfigError(
-            _describe(exc, f"training settings{f' in {file}' if file else ''}")
+            validation_message(exc, f"training settings{f' in {file}' if file else ''}")
         ) from None

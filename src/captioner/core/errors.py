@@ -64,3 +64,9 @@ class ImageTooLarge(ImageError):
 
 class NoClassHead(CaptionerError, LookupError):
     """The encoder has no ImageNet classifier head, so it cannot name classes in an image."""
+
+
+def validation_message(exc: Exception, what: str) -> str:
+    """A pydantic ValidationError as "invalid WHAT:" and one line per field."""
+    lines = [f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+    return f"invalid {what}:\n" + "\n".join(lines)

@@ -3,9 +3,12 @@
 to the same events, so no stage prints or knows who is watching.
 
 Phases, in order of a training run: ``data`` (reading the dataset), ``vocab``, ``features``
-(images done/total), ``train`` (steps done/total of the whole run, with ``epoch``, ``loss`` and
-``eta_s`` in metrics), ``dev`` (scoring the dev split), ``epoch`` (an epoch finished and was
-checkpointed; metrics is its line of metrics.jsonl), ``save`` and ``done``.
+(images done/total), ``resume`` (only when a checkpoint is resumed: done is the epoch it holds,
+metrics ``history`` its lines of metrics.jsonl, the record of the epochs done, which a subscriber
+keeping its own history replaces that with), ``train`` (steps done/total of the whole run, with
+``epoch``, ``loss`` and ``eta_s`` in metrics), ``dev`` (scoring the dev split), ``epoch`` (an
+epoch finished and was checkpointed; metrics is its line of metrics.jsonl), ``save`` and
+``done``.
 """
 
 from __future__ import annotations

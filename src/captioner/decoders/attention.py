@@ -20,8 +20,7 @@ AttnState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class ShowAttendTell(nn.Module):
-    kind = "attention"
-    input = "grid"  # features (N, regions, feature_dim)
+    """Reads grid features (N, regions, feature_dim); see decoders.registry."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -49,7 +48,9 @@ class ShowAttendTell(nn.Module):
         self.class_weight.copy_(weight)
         self.class_bias.copy_(bias)
 
-    def class_probabilities(self, features: torch.Tensor) -> torch.Tensor:
+    def class_probabilities(self, features: torch.Tensor) -> torch.Tensor | None:
+        if not self.cfg.num_classes:
+            return None
         pooled = features.float().mean(dim=1)
         return torch.softmax(pooled @ self.class_weight.T + self.class_bias, dim=-1)
 

@@ -7,6 +7,8 @@ state is opaque to the search: the decoder itself repeats it per beam and select
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -20,7 +22,7 @@ class DecoderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = "show_and_tell"  # or "attention"
+    kind: str = "show_and_tell"  # a key of decoders.registry.DECODERS
     feature_dim: int = Field(gt=0)
     vocab_size: int = Field(gt=4)
     embed_size: int = Field(512, gt=0)
@@ -50,3 +52,21 @@ class Decoder(Protocol):
         """The state of the given rows, in that order (beams kept by the search). Each row
         must come from its own image's block of k rows, as in beam search: per-image parts of
         the state (e.g. attention's regions) are then shared, not copied."""
+
+    def class_probabilities(self, features: torch.Tensor) -> torch.Tensor | None:
+        """(N, num_classes) probabilities of the encoder's ImageNet head for these features,
+        or None when the decoder carries no class head (class guidance then cannot apply)."""
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One searched caption: token ids (no <start>/<end>) and the model's summed
+    log-probability of them plus <end> (without any score adjuster's changes)."""
+
+    ids: list[int]
+    logprob: float
+
+    @property
+    def confidence(self) -> float:
+        """Geometric mean of the per-token probabilities (words and <end>), in (0, 1]."""
+        return math.exp(self.logprob / (len(self.ids) + 1))

@@ -1,27 +1,23 @@
-"""Greedy and beam-search decoding, batched over images and deterministic.
+"""The search loop (beam search, batched over images and deterministic) and sampling.
 
 Beam search keeps finished hypotheses inside the beam (they extend only with a free <pad>), so
 the whole batch moves in lock-step with fixed-size tensors. Candidates are ranked by
 log-probability / length**length_penalty (length counts the words plus <end>): with 0 this is the
 plain most-probable sequence; larger values favour longer captions. beam_size=1 is greedy.
-The repetition guard subtracts `repetition_penalty` from the log-probability of a content word
-the hypothesis already holds (an LSTM's classic failure: "a man and a man"). Class guidance
-adds `word_bonus` (from what the encoder's ImageNet classifier recognises, e.g. "cat" for a
-tabby) to a word's log-probability until the hypothesis holds it. Consensus reranking
-(consensus.py) reorders the finished beam by agreement with similar training photos' captions.
+The loop knows no penalty or bonus: score adjusters (adjusters.py) change each step's scores,
+and the hypotheses keep the model's own log-probability. pipeline.py builds the adjusters and
+rerankers a DecodeConfig asks for.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 
-from ..config import DecodeConfig
 from ..data.vocab import Vocabulary
-from .base import Decoder
-from .consensus import NeighbourIndex
+from .adjusters import ScoreAdjuster
+from .base import Decoder, Hypothesis
 
 NEG_INF = float("-inf")
 
@@ -30,55 +26,19 @@ NEG_INF = float("-inf")
 def beam_search(
     model: Decoder,
     features: torch.Tensor,
+    *,
     beam_size: int = 3,
     max_len: int = 20,
     length_penalty: float = 0.0,
-    repetition_penalty: float = 0.0,
-    repeatable: torch.Tensor | None = None,
-) -> list[list[int]]:
-    """Best token sequence (without <start>/<end>) for each row of `features`. `repeatable`:
-    a bool per vocabulary id, the words exempt from the repetition guard (needed when
-    repetition_penalty > 0)."""
-    found = beam_search_nbest(
-        model, features, beam_size, max_len, length_penalty, repetition_penalty, repeatable, 1
-    )
-    return [hyps[0].ids for hyps in found]
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    """One searched caption: token ids (no <start>/<end>) and the model's summed
-    log-probability of them plus <end> (without the repetition guard's penalties)."""
-
-    ids: list[int]
-    logprob: float
-
-    @property
-    def confidence(self) -> float:
-        """Geometric mean of the per-token probabilities (words and <end>), in (0, 1]."""
-        return math.exp(self.logprob / (len(self.ids) + 1))
-
-
-@torch.inference_mode()
-def beam_search_nbest(
-    model: Decoder,
-    features: torch.Tensor,
-    beam_size: int = 3,
-    max_len: int = 20,
-    length_penalty: float = 0.0,
-    repetition_penalty: float = 0.0,
-    repeatable: torch.Tensor | None = None,
     n_best: int = 1,
-    word_bonus: torch.Tensor | None = None,
+    adjusters: Sequence[ScoreAdjuster] = (),
 ) -> list[list[Hypothesis]]:
     """Up to `n_best` (<= beam_size) finished hypotheses per row of `features`, best first.
-    `word_bonus` (rows, vocab): added to each word's log-probability until it is used."""
+    Each step's scores pass through `adjusters` in order before ranking."""
     if beam_size < 1 or max_len < 1:
         raise ValueError("beam_size and max_len must be at least 1")
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and beam_size")
-    if repetition_penalty and repeatable is None:
-        raise ValueError("repetition_penalty needs the vocabulary's repeatable words")
     model.eval()
     b, k = features.shape[0], beam_size
     pad, start, end, unk = (
@@ -97,9 +57,7 @@ def beam_search_nbest(
     lengths = torch.zeros(b, k, device=device)
     done = torch.zeros(b, k, dtype=torch.bool, device=device)
     seqs = torch.zeros(b, k, 0, dtype=torch.long, device=device)
-    seen = None  # (b*k, vocab) words each hypothesis holds, for the guard and the bonus
-    if word_bonus is not None:
-        word_bonus = word_bonus.to(device).float().repeat_interleave(k, dim=0)
+    seen = None  # (b*k, vocab) words each hypothesis holds, for the adjusters
 
     for t in range(max_len):
         logp, state = model.step(tokens, state)
@@ -113,13 +71,10 @@ def beam_search_nbest(
         logp[flat_done] = NEG_INF
         logp[flat_done, pad] = 0.0
         guarded = logp
-        if seen is None and (repetition_penalty or word_bonus is not None):
+        if seen is None and adjusters:
             seen = torch.zeros(b * k, vocab, dtype=torch.bool, device=device)
-        if repetition_penalty:
-            blocked = ~repeatable.to(device)
-            guarded = guarded - repetition_penalty * (seen & blocked).float()
-        if word_bonus is not None:
-            guarded = guarded + word_bonus.masked_fill(seen, 0.0)
+        for adjust in adjusters:
+            guarded = adjust(guarded, seen)
         cand = (scores.view(-1, 1) + guarded).view(b, k * vocab)
         cand_len = (lengths + (~done).float()).view(-1, 1).expand(-1, vocab).reshape(b, k * vocab)
         norm = cand / cand_len.clamp(min=1) ** length_penalty if length_penalty else cand
@@ -158,101 +113,6 @@ def beam_search_nbest(
     return out
 
 
-def greedy(model: Decoder, features: torch.Tensor, max_len: int = 20) -> list[list[int]]:
-    return beam_search(model, features, beam_size=1, max_len=max_len)
-
-
-def decode_ids(
-    model: Decoder,
-    vocab: Vocabulary,
-    features: torch.Tensor,
-    decode: DecodeConfig,
-    neighbours: NeighbourIndex | None = None,
-) -> list[list[int]]:
-    """beam_search with every setting of `decode` (the one call the API and evaluation share)."""
-    return [h[0].ids for h in decode_nbest(model, vocab, features, decode, 1, neighbours)]
-
-
-def decode_nbest(
-    model: Decoder,
-    vocab: Vocabulary,
-    features: torch.Tensor,
-    decode: DecodeConfig,
-    n_best: int = 1,
-    neighbours: NeighbourIndex | None = None,
-) -> list[list[Hypothesis]]:
-    """The n best hypotheses per image under `decode` (the beam widens to n_best if needed).
-    With `neighbours` and decode.rerank_neighbours > 0, the search is guided toward the nearest
-    training photos' words (decode.neighbour_guidance) and the whole beam is reranked by
-    consensus with their captions before the n best are taken."""
-    repeatable = torch.tensor(vocab.repeatable()) if decode.repetition_penalty else None
-    width = max(decode.beam_size, n_best)
-    rerank = neighbours is not None and decode.rerank_neighbours > 0
-    bonus = class_bonus(model, vocab, features, decode.class_guidance)
-    if rerank:
-        # One neighbour lookup per batch serves the guidance and the reranking.
-        near = neighbours.nearest(features, decode.rerank_neighbours)
-        uses_presence = decode.neighbour_guidance or decode.rerank_precision
-        shares = neighbours.presence(near) if uses_presence else None
-        if decode.neighbour_guidance:
-            guide = neighbours.word_bonus(shares, decode.neighbour_guidance, vocab)
-            guide = guide.to(features.device)
-            bonus = guide if bonus is None else bonus + guide
-    found = beam_search_nbest(
-        model,
-        features,
-        width,
-        decode.max_len,
-        decode.length_penalty,
-        decode.repetition_penalty,
-        repeatable,
-        width if rerank else n_best,
-        bonus,
-    )
-    if rerank:
-        found = neighbours.rerank(
-            found,
-            near,
-            decode.rerank_weight,
-            vocab,
-            decode.rerank_precision,
-            shares,
-        )
-        found = [hyps[:n_best] for hyps in found]
-    return found
-
-
-def class_bonus(
-    model: Decoder, vocab: Vocabulary, features: torch.Tensor, weight: float
-) -> torch.Tensor | None:
-    """(N, vocab) log-probability bonus for the words of the classes the model's frozen
-    ImageNet head recognises (weight x summed class probability, at most weight); None when
-    guidance is off or the model carries no class head."""
-    if not weight or not getattr(model.cfg, "num_classes", 0):
-        return None
-    from ..vision.classes import word_scores
-
-    probs = model.class_probabilities(features)
-    return weight * word_scores(probs, vocab.itos).clamp(max=1.0)
-
-
-def caption_features(
-    model: Decoder,
-    vocab: Vocabulary,
-    features: torch.Tensor,
-    decode: DecodeConfig,
-    batch: int = 250,
-    neighbours: NeighbourIndex | None = None,
-) -> list[str]:
-    """One caption per row of image features, searched as `decode` says, in batches."""
-    device = next(model.parameters()).device
-    out: list[str] = []
-    for i in range(0, len(features), batch):
-        seqs = decode_ids(model, vocab, features[i : i + batch].to(device), decode, neighbours)
-        out.extend(vocab.decode(s) for s in seqs)
-    return out
-
-
 def sample(
     model: Decoder,
     features: torch.Tensor,
@@ -260,7 +120,6 @@ def sample(
     max_len: int,
     greedy: bool = False,
     generator: torch.Generator | None = None,
-    top_k: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """n captions per image drawn from the model (or the greedy one), with gradients, for
     self-critical training. Returns tokens (B*n, L) without <start> (<pad> after <end>), the
@@ -286,10 +145,6 @@ def sample(
             logp[:, end + 1 :] = NEG_INF
         if greedy:
             word = logp.argmax(dim=-1)
-        elif top_k:
-            best = logp.topk(top_k, dim=-1)
-            pick = torch.multinomial(best.values.exp(), 1, generator=generator)
-            word = best.indices.gather(1, pick).squeeze(1)
         else:
             word = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
         word = word.masked_fill(done, pad)

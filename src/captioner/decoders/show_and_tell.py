@@ -11,8 +11,7 @@ LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
 class ShowAndTell(nn.Module):
-    kind = "show_and_tell"
-    input = "pooled"  # features (N, feature_dim)
+    """Reads pooled features (N, feature_dim); see decoders.registry."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -59,3 +58,6 @@ class ShowAndTell(nn.Module):
 
     def select_state(self, state: LSTMState, rows: torch.Tensor) -> LSTMState:
         return state[0][:, rows], state[1][:, rows]
+
+    def class_probabilities(self, features: torch.Tensor) -> None:
+        return None  # no class head

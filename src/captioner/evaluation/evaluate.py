@@ -14,8 +14,8 @@ from ..config import DecodeConfig
 from ..core.progress import Reporter, silent
 from ..data.datasets import Record
 from ..data.vocab import Vocabulary
-from ..decoders.consensus import NeighbourIndex
-from ..decoders.search import caption_features
+from ..decoders.neighbours import NeighbourIndex
+from ..decoders.pipeline import caption_features
 from ..vision.features import extract_features
 from .metrics import ALL_METRICS, has_java, require_java, score_records
 

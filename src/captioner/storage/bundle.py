@@ -19,7 +19,7 @@ from ..core.atomic import atomic_dir
 from ..core.errors import BundleError, CaptionerError
 from ..data.vocab import Vocabulary
 from ..decoders.base import DecoderConfig
-from ..decoders.consensus import NeighbourIndex
+from ..decoders.neighbours import NeighbourIndex
 from ..decoders.registry import build_decoder
 from ..vision.registry import ENCODERS
 

@@ -19,10 +19,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
+from ..core.keys import ENCODER, prefixed, unprefixed
 from ..core.progress import Event, Reporter, silent
 from ..data.datasets import Record, load_dataset
 from ..data.vocab import Vocabulary
-from ..decoders.consensus import NeighbourIndex, pooled
+from ..decoders.neighbours import NeighbourIndex, pooled
 from ..decoders.registry import decoder_input
 from ..vision.encoders import Encoder
 from ..vision.features import extract_features, stack_pixels, without_worker_traces
@@ -184,12 +185,10 @@ class FinetunedEncoder:
         )
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {f"encoder.{k}": v for k, v in self.encoder.net_state().items()}
+        return prefixed(ENCODER, self.encoder.net_state())
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.encoder.base.load_state_dict(
-            {k[8:]: v for k, v in tensors.items() if k.startswith("encoder.")}
-        )
+        self.encoder.base.load_state_dict(unprefixed(ENCODER, tensors))
 
     def bundle_state(self) -> dict[str, torch.Tensor]:
         return self.encoder.net_state()

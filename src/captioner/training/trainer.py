@@ -11,7 +11,11 @@ after the last of them and kept as the best when its dev CIDEr-D is higher (chec
 averaging: the mean sits nearer the centre of the flat region the last epochs wander through).
 
 Progress goes to a `Reporter` (core.progress); a reporter may raise StopTraining after an
-``epoch`` event to end the run at that checkpoint.
+``epoch`` event to end the run at that checkpoint. The checkpoint's history is the record of
+the epochs done: a resumed run reports it first (a ``resume`` event), and a reporter that keeps
+its own copy (a web job's) takes it, since a stop after an epoch's checkpoint but before its
+``epoch`` event leaves that epoch checkpointed (never redone) yet unreported;
+`recorded_history` reads it after such a stop.
 """
 
 from __future__ import annotations
@@ -25,15 +29,16 @@ import torch
 from .. import __version__
 from ..config import TrainConfig
 from ..core.atomic import write_text
-from ..core.errors import TrainingError
+from ..core.errors import CheckpointError, TrainingError
+from ..core.keys import AVERAGE, prefixed, unowned, unprefixed
 from ..core.progress import Event, Reporter, silent
 from ..data.vocab import Vocabulary
 from ..decoders.base import DecoderConfig
-from ..decoders.registry import build_decoder
+from ..decoders.registry import build_decoder, decoder_spec
 from ..evaluation.evaluate import dev_scores
 from ..storage import checkpoint
 from ..storage.bundle import Bundle, save_bundle
-from ..vision.registry import get_spec
+from ..vision.registry import IMAGENET_CLASSES, get_spec
 from .batches import count_batches, epoch_batches, learning_rate
 from .scst import SelfCritical, image_batches
 from .sources import Data, make_source, neighbour_index, prepare_data
@@ -53,14 +58,13 @@ def model_card(cfg: TrainConfig, metrics: dict, n_train: int, n_dev: int) -> str
     encoder = (
         "last stage fine-tuned on this data" if cfg.finetune_encoder else "frozen"
     ) + ", ImageNet weights"
-    if cfg.decoder == "attention":
-        name = "Show, Attend and Tell (soft attention over the CNN's feature grid)"
-        decoder = f"attention {cfg.attention_size}, LSTM {cfg.hidden_size}"
-        if cfg.class_evidence:
-            decoder += ", attends to the encoder's own ImageNet class probabilities"
-    else:
-        name = "Show and Tell (CNN encoder -> LSTM decoder)"
-        decoder = f"LSTM {cfg.num_layers}x{cfg.hidden_size}"
+    spec = decoder_spec(cfg.decoder)
+    name = spec.title
+    decoder = f"LSTM {cfg.num_layers}x{cfg.hidden_size}"
+    if spec.input == "grid":
+        decoder = f"attention {cfg.attention_size}, {decoder}"
+    if cfg.class_evidence:
+        decoder += ", attends to the encoder's own ImageNet class probabilities"
     scst = (
         f"; then {cfg.scst_epochs} self-critical epochs (CIDEr-D reward, {cfg.scst_baseline} "
         f"baseline, {cfg.scst_samples} samples per image, learning rate {cfg.scst_lr})"
@@ -97,7 +101,7 @@ def _best_text(metrics: dict) -> str:
 
 
 def _decoding(cfg: TrainConfig) -> str:
-    d = cfg.decoding
+    d = cfg.decode
     parts = [f"beam {d.beam_size}", f"length penalty {d.length_penalty}"]
     if d.repetition_penalty:
         parts.append(f"repetition guard {d.repetition_penalty}")
@@ -138,7 +142,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     data = data or prepare_data(cfg, device, report)
     source = make_source(cfg, data, device)
     neighbours = None
-    if cfg.rerank_neighbours:
+    if cfg.decode.rerank_neighbours:
         report(Event("data", message="indexing the training photos for consensus reranking"))
         neighbours = neighbour_index(data)
     if cfg.finetune_encoder:
@@ -163,7 +167,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             num_layers=cfg.num_layers,
             dropout=cfg.dropout,
             attention_size=cfg.attention_size,
-            num_classes=1000 if cfg.class_evidence else 0,  # ImageNet-1k
+            num_classes=IMAGENET_CLASSES if cfg.class_evidence else 0,
         )
     )
     if cfg.class_evidence:
@@ -196,7 +200,15 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         # The checkpoint's history is the record: a kill between the log line and the
         # checkpoint would otherwise leave that epoch in the log twice once it is rerun.
         write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
-        report(Event("data", message=f"resuming {out} after epoch {start_epoch}"))
+        report(
+            Event(
+                "resume",
+                start_epoch,
+                cfg.epochs + cfg.scst_epochs,
+                {"history": [dict(h) for h in history]},
+                message=f"resuming {out} after epoch {start_epoch}",
+            )
+        )
     else:
         log_path.unlink(missing_ok=True)  # a fresh run must not inherit an old log
 
@@ -209,7 +221,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             data.vocab,
             source.dev_features(),
             data.dev_records,
-            cfg.decoding,
+            cfg.decode,
             final=final,
             neighbours=neighbours,
         )
@@ -220,9 +232,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             extra = {"loss": run.cross_entropy(epoch)}
         else:
             if epoch == cfg.epochs:  # self-critical training starts from the best XE epoch
-                model.load_state_dict(
-                    {k: v for k, v in best_state.items() if not k.startswith("encoder.")}
-                )
+                model.load_state_dict(unowned(best_state))
             extra = run.self_critical(epoch)  # policy-gradient loss and mean sample reward
         report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
         t_dev = time.time()
@@ -284,7 +294,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         )
 
     source.load_state(best_state)
-    model.load_state_dict({k: v for k, v in best_state.items() if not k.startswith("encoder.")})
+    model.load_state_dict(unowned(best_state))
     model.eval()
     report(Event("dev", 0, len(data.dev_records), message="final dev scores of the best epoch"))
     metrics = {
@@ -292,7 +302,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         "best_epoch": best["epoch"],
         "averaged_epochs": best.get("averaged", 1),
         "dev_split": cfg.dev_split,
-        "beam_size": cfg.beam_size,
+        "beam_size": cfg.decode.beam_size,
         "train_seconds": round(elapsed + time.time() - t0, 1),
         "history": history,
     }
@@ -300,7 +310,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         model,
         data.vocab,
         cfg.encoder,
-        cfg.decoding,
+        cfg.decode,
         cfg.model_dump(mode="json"),
         metrics,
         encoder_state=source.bundle_state(),
@@ -313,6 +323,20 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     return out / "model"
 
 
+def recorded_history(out: Path) -> list[dict] | None:
+    """The epochs the run folder `out` has checkpointed (its checkpoint's history: the record a
+    resume continues from, and what a resumed run reports in its ``resume`` event), or None
+    without a readable checkpoint. After a stop, a copy of the history kept from ``epoch``
+    events may lack the last epoch: the stop can land after its checkpoint, before its event."""
+    ckpt = Path(out) / "checkpoint"
+    if not checkpoint.exists(ckpt):
+        return None
+    try:
+        return list(checkpoint.read_meta(ckpt).get("history", []))
+    except CheckpointError:
+        return None
+
+
 def _weights(model: torch.nn.Module, source) -> dict[str, torch.Tensor]:
     """A copy of everything trained: the decoder's state and the source's (encoder.*)."""
     return _copy({**model.state_dict(), **source.state()})
@@ -323,7 +347,7 @@ def _copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _load_weights(model: torch.nn.Module, source, weights: dict[str, torch.Tensor]) -> None:
-    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("encoder.")})
+    model.load_state_dict(unowned(weights))
     source.load_state(weights)
 
 
@@ -359,11 +383,11 @@ class _Average:
         return {"first": self.first, "count": self.count}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"average.{k}": v.contiguous() for k, v in self.state.items()}
+        return prefixed(AVERAGE, {k: v.contiguous() for k, v in self.state.items()})
 
     def load(self, extra: dict[str, torch.Tensor], meta: dict | None) -> None:
         if self.on and meta and meta.get("first") == self.first:
-            self.state = {k[8:]: v for k, v in extra.items() if k.startswith("average.")}
+            self.state = unprefixed(AVERAGE, extra)
             self.count = int(meta.get("count", 0)) if self.state else 0
 
 

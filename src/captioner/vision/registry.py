@@ -22,6 +22,8 @@ class EncoderSpec:
     weights_id: str  # goes into the feature-cache key
 
 
+IMAGENET_CLASSES = 1000  # every encoder's head: ImageNet-1k (vision.classes)
+
 _IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 _IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 _LITE_MEAN = (127.0, 127.0, 127.0)

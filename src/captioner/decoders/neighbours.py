@@ -1,22 +1,11 @@
-"""Consensus reranking (Devlin et al., 2015; Mao et al., 2015): of the beam's finished
-captions, prefer the one that agrees most with how people described the training photos that
-look most like this one.
+"""The training photos a model was trained on, as an index (Devlin et al., 2015; Mao et al.,
+2015): the photos that look most like a new one, and the words people used for them.
 
-The beam's own ranking favours safe, generic phrases ("in front of a building") that the
-references rarely use; the captions of visually similar training photos say which words people
-actually use for such a scene. Each hypothesis is scored by its mean CIDEr-D against the captions
-of the k nearest training photos (cosine similarity of PCA-reduced pooled CNN features), plus
-`weight` x the model's own log-probability per word, and the beam is reordered by that score.
-On Flickr8k dev this raises CIDEr-D and BLEU-4, and it helps on the COCO sets too (model card).
-
-The same neighbours also say which words a caption of this photo is likely to contain: a word's
-*presence* is the share of the neighbours whose captions use it (n times, for its n-th use).
-Two optional uses, both chosen on Flickr8k dev:
-- guidance: before the search, each word's log-probability gets weight x (presence - 0.2) until
-  the caption uses it, so the beam holds captions in the neighbours' words (as class guidance
-  does with the encoder's ImageNet classes);
-- precision: in the reranking, each word of a caption earns weight x (presence - 0.6), so words
-  the neighbours rarely use (generic tails like "in front of a building") cost the caption.
+An image's *neighbourhood* is its k most similar training photos (cosine similarity of
+PCA-reduced pooled CNN features) and each word's *presence*: the share of those photos whose
+captions use it (n times, for its n-th use). Decoding reads it twice (decoders/adjusters.py:
+guidance toward those words; decoders/rerankers.py: consensus reranking against those captions),
+so it is looked up once per batch.
 
 The index is data, not code: the PCA basis and the neighbours' unit vectors (safetensors) and
 their captions (JSON) travel in the model bundle.
@@ -26,23 +15,18 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..data.cider import CiderD
-from ..data.vocab import Vocabulary, tokenize
-
-if TYPE_CHECKING:
-    from .search import Hypothesis
+from ..data.vocab import tokenize
 
 INDEX_DIMS = 128  # PCA dimensions: 1.5 MB of fp16 for Flickr8k's 6,000 photos, same neighbours
-# Chosen on Flickr8k dev (model card): words fewer than 1 in 5 neighbours use lose guidance, and
-# a word must be used by 3 in 5 neighbours to pay its way in the reranking.
-GUIDANCE_FLOOR = 0.2
-BREAK_EVEN = 0.6
+
+Presence = dict[tuple[str, int], float]  # (word, n) -> share of the neighbours using it n times
 
 
 def pooled(features: torch.Tensor) -> torch.Tensor:
@@ -108,6 +92,7 @@ class NeighbourIndex:
 
     @cached_property
     def cider(self) -> CiderD:
+        """CIDEr-D against the indexed photos' captions (the consensus reranker's scorer)."""
         # Built on first use (about 1.5 s for Flickr8k): df over all the indexed captions.
         return CiderD([[tokenize(c) for c in caps] for caps in self.captions])
 
@@ -123,12 +108,12 @@ class NeighbourIndex:
             out.append(most)
         return out
 
-    def presence(self, near: np.ndarray) -> list[dict[tuple[str, int], float]]:
+    def presence(self, near: np.ndarray) -> list[Presence]:
         """For each row of neighbour indices (N, k): {(word, n): share of those photos with a
         caption that uses the word at least n times}."""
         out = []
         for row in near:
-            share: dict[tuple[str, int], float] = {}
+            share: Presence = {}
             for j in row:
                 for word, most in self._most_uses[j].items():
                     for n in range(1, most + 1):
@@ -136,60 +121,21 @@ class NeighbourIndex:
             out.append(share)
         return out
 
-    def word_bonus(
-        self, shares: Sequence[dict[tuple[str, int], float]], weight: float, vocab: Vocabulary
-    ) -> torch.Tensor:
-        """(N, vocab) guidance from each photo's `presence`: weight x (presence -
-        GUIDANCE_FLOOR) for every token (those the neighbours never use, <end> included, start
-        below zero)."""
-        bonus = torch.full((len(shares), len(vocab.itos)), -weight * GUIDANCE_FLOOR)
-        for i, share in enumerate(shares):
-            for (word, n), p in share.items():
-                if n == 1 and word in vocab.stoi:
-                    bonus[i, vocab.stoi[word]] += weight * p
-        return bonus
-
-    def rerank(
-        self,
-        found: list[list[Hypothesis]],
-        near: np.ndarray,
-        weight: float,
-        vocab: Vocabulary,
-        precision: float = 0.0,
-        shares: Sequence[dict[tuple[str, int], float]] | None = None,
-    ) -> list[list[Hypothesis]]:
-        """Each image's hypotheses reordered by consensus with its neighbours (`near`, rows of
-        `nearest`) + weight x log-probability per word + precision x the words' presence less
-        BREAK_EVEN (`shares`, computed here when not given; stable: ties keep the beam's order)."""
-        words = [[vocab.itos[i] for i in h.ids] for hyps in found for h in hyps]
-        owner = np.repeat(np.arange(len(found)), [len(h) for h in found])
-        agreement = self.cider.consensus(words, near[owner]) if words else np.zeros(0)
-        if not precision:
-            shares = [{}] * len(found)
-        elif shares is None:
-            shares = self.presence(near)
-        out, at = [], 0
-        for hyps, share in zip(found, shares, strict=True):
-            scores = [
-                float(agreement[at + j])
-                + weight * h.logprob / (len(h.ids) + 1)
-                + (precision * _expected_matches(words[at + j], share) if precision else 0.0)
-                for j, h in enumerate(hyps)
-            ]
-            order = sorted(range(len(hyps)), key=lambda j: -scores[j])
-            out.append([hyps[j] for j in order])
-            at += len(hyps)
-        return out
-
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "basis": self.basis, "vectors": self.vectors}
 
+    def lookup(self, features: torch.Tensor, k: int, presence: bool) -> Neighbourhood:
+        """The k nearest training photos of each image, with their words' presence when asked
+        (one lookup per batch serves guidance and reranking)."""
+        near = self.nearest(features, k)
+        return Neighbourhood(self, near, self.presence(near) if presence else None)
 
-def _expected_matches(words: Sequence[str], share: dict[tuple[str, int], float]) -> float:
-    """Sum over the caption's words of (presence of its n-th use - BREAK_EVEN)."""
-    used: Counter = Counter()
-    total = 0.0
-    for word in words:
-        used[word] += 1
-        total += share.get((word, used[word]), 0.0) - BREAK_EVEN
-    return total
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """One batch's neighbours: `near` (N, k) rows of the index, and each image's word presence
+    (None when nothing asked for it)."""
+
+    index: NeighbourIndex
+    near: np.ndarray
+    presence: list[Presence] | None

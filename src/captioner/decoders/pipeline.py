@@ -1,0 +1,120 @@
+"""Decoding as a pipeline: the one place a DecodeConfig becomes search steps.
+
+For each batch: look up the neighbours once (when anything reads them), build the score
+adjusters (repetition guard, then one word bonus summing class and neighbour guidance), run the
+search, then the rerankers (consensus). The model's optional capabilities are explicit: its class
+head (`Decoder.class_probabilities`) and the bundle's neighbour index, passed in. A setting that
+needs a capability the model lacks is a ConfigError, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.errors import ConfigError
+from ..data.vocab import Vocabulary
+from .adjusters import RepetitionGuard, ScoreAdjuster, WordBonus, class_bonus, neighbour_bonus
+from .base import Decoder, Hypothesis
+from .neighbours import Neighbourhood, NeighbourIndex
+from .rerankers import ConsensusReranker, Reranker
+from .search import beam_search
+from .settings import DecodeConfig
+
+
+def check_capabilities(
+    decode: DecodeConfig, model: Decoder, neighbours: NeighbourIndex | None
+) -> None:
+    """Refuse settings this model cannot honour, with the fix."""
+    if decode.class_guidance and not model.cfg.num_classes:
+        raise ConfigError(
+            "class_guidance needs a model trained with class evidence; set class_guidance = 0"
+        )
+    if decode.rerank_neighbours and neighbours is None:
+        raise ConfigError(
+            "rerank_neighbours needs a model that carries a neighbour index (trained with "
+            "rerank_neighbours > 0); set rerank_neighbours, neighbour_guidance and "
+            "rerank_precision to 0"
+        )
+
+
+def adjusters_for(
+    decode: DecodeConfig,
+    model: Decoder,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    hood: Neighbourhood | None,
+) -> list[ScoreAdjuster]:
+    steps: list[ScoreAdjuster] = []
+    if decode.repetition_penalty:
+        steps.append(RepetitionGuard(decode.repetition_penalty, torch.tensor(vocab.repeatable())))
+    bonus = None
+    if decode.class_guidance:
+        bonus = class_bonus(model, vocab, features, decode.class_guidance)
+    if decode.neighbour_guidance:
+        guide = neighbour_bonus(hood, decode.neighbour_guidance, vocab).to(features.device)
+        bonus = guide if bonus is None else bonus + guide  # one sum: the same floats as before
+    if bonus is not None:
+        steps.append(WordBonus(bonus))
+    return steps
+
+
+def rerankers_for(
+    decode: DecodeConfig, vocab: Vocabulary, hood: Neighbourhood | None
+) -> list[Reranker]:
+    if not decode.rerank_neighbours:
+        return []
+    return [
+        ConsensusReranker(
+            hood, vocab, weight=decode.rerank_weight, precision=decode.rerank_precision
+        )
+    ]
+
+
+def decode_nbest(
+    model: Decoder,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    decode: DecodeConfig,
+    n_best: int = 1,
+    neighbours: NeighbourIndex | None = None,
+) -> list[list[Hypothesis]]:
+    """The n best hypotheses per image under `decode` (the beam widens to n_best if needed).
+    With rerankers, the whole beam is searched for them and cut to n_best after."""
+    check_capabilities(decode, model, neighbours)
+    hood = None
+    if decode.rerank_neighbours:
+        uses_presence = bool(decode.neighbour_guidance or decode.rerank_precision)
+        hood = neighbours.lookup(features, decode.rerank_neighbours, uses_presence)
+    rerankers = rerankers_for(decode, vocab, hood)
+    width = max(decode.beam_size, n_best)
+    found = beam_search(
+        model,
+        features,
+        beam_size=width,
+        max_len=decode.max_len,
+        length_penalty=decode.length_penalty,
+        n_best=width if rerankers else n_best,
+        adjusters=adjusters_for(decode, model, vocab, features, hood),
+    )
+    for rerank in rerankers:
+        found = rerank(found)
+    return [hyps[:n_best] for hyps in found] if rerankers else found
+
+
+def caption_features(
+    model: Decoder,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    decode: DecodeConfig,
+    batch: int = 250,
+    neighbours: NeighbourIndex | None = None,
+) -> list[str]:
+    """One caption per row of image features, searched as `decode` says, in batches."""
+    device = next(model.parameters()).device
+    out: list[str] = []
+    for i in range(0, len(features), batch):
+        found = decode_nbest(
+            model, vocab, features[i : i + batch].to(device), decode, 1, neighbours
+        )
+        out.extend(vocab.decode(h[0].ids) for h in found)
+    return out
