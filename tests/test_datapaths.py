@@ -142,7 +142,7 @@ def server(tmp_path, captions_csv):
     for f in captions_csv.parent.iterdir():
         (root / "photos" / f.name).symlink_to(f)
     settings_ = ServerSettings(state_dir=tmp_path / "state", data_roots=[root])
-    with TestClient(create_app(settings_)) as client:
+    with TestClient(create_app(settings_), base_url="http://127.0.0.1") as client:
         client.root = root
         yield client
 

@@ -70,7 +70,7 @@ def data_root(tmp_path, photo_dir, captions_csv) -> Path:
 @pytest.fixture
 def client(tmp_path, data_root):
     settings = ServerSettings(state_dir=tmp_path / "state", data_roots=[data_root])
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         c.root = data_root
         yield c
 

@@ -48,7 +48,7 @@ def data_root(tmp_path, captions_csv) -> Path:
 @pytest.fixture
 def client(tmp_path, data_root):
     settings = ServerSettings(state_dir=tmp_path / "state", data_roots=[data_root], max_jobs=1)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -283,3 +283,68 @@ def test_server_killed_while_a_worker_trains(tmp_path, data_root):
     resumed = json.loads((state / "models" / job_id / "metrics.json").read_text())
     uninterrupted = json.loads((whole["model"] / "metrics.json").read_text())
     assert resumed["dev"] == uninterrupted["dev"]
+
+
+@pytest.mark.parametrize("when", ["before its checkpoint", "after its checkpoint"])
+def test_a_stop_at_an_epochs_checkpoint_loses_no_epoch(when, tmp_path, captions_csv, monkeypatch):
+    """A stop (the server's SIGTERM) lands exactly around epoch 3's checkpoint, delivered by a
+    hook in this process rather than by timing: after its log line but before its checkpoint
+    (epoch 3 is redone), or after its checkpoint but before its ``epoch`` event reached the
+    worker. Either way the stopped job's history is its checkpoint's, and the resumed job
+    records every epoch once (a stop in the second window once lost epoch 3 for good)."""
+    from captioner.config import TrainConfig
+    from captioner.serving.jobs import _run
+    from captioner.storage import checkpoint
+    from captioner.training import trainer
+
+    db = tmp_path / "jobs.sqlite"
+    store = JobStore(db)
+    cfg = TrainConfig(**{**TINY, "dataset_path": captions_csv, "epochs": 4})
+    job_id = store.create(cfg)
+    run_dir, models = tmp_path / "runs" / job_id, tmp_path / "models"
+    before, armed, saves = when == "before its checkpoint", [True], []
+
+    def stop() -> None:  # what the server's stop sends; the worker's handler runs at once
+        armed.clear()
+        signal.raise_signal(signal.SIGTERM)
+
+    real_save, real_train = checkpoint.save_checkpoint, trainer.train
+
+    def save_checkpoint(*args, **kwargs):  # epoch 3's log line is written, its checkpoint not
+        saves.append(1)
+        if before and armed and len(saves) == 3:
+            stop()
+        real_save(*args, **kwargs)
+
+    def train(cfg, out, report, data=None):
+        def hooked(event):  # the epoch event: epoch 3 is checkpointed, the job not told yet
+            if not before and armed and event.phase == "epoch" and event.done == 3:
+                stop()
+            report(event)
+
+        return real_train(cfg, out, report=hooked, data=data)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(trainer, "train", train)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert _run(str(db), job_id, str(run_dir), str(models)) == 0
+        job = store.get(job_id)
+        assert job["state"] == "stopped", job["log"]
+        recorded = checkpoint.read_meta(run_dir / "checkpoint")["history"]
+        assert [h["epoch"] for h in recorded] == ([1, 2] if before else [1, 2, 3])
+        assert job["history"] == recorded  # the job's history agrees with its checkpoint
+        # A kill there (SIGKILL: no handler runs) leaves the history without epoch 3 whether
+        # or not it was checkpointed; the resumed run's ``resume`` event restores it.
+        store.update(job_id, history=[h for h in recorded if h["epoch"] < 3])
+
+        assert _run(str(db), job_id, str(run_dir), str(models)) == 0  # resume
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    job = store.get(job_id)
+    assert job["state"] == "done", job["log"]
+    assert [h["epoch"] for h in job["history"]] == [1, 2, 3, 4]
+    log = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert job["history"] == log == checkpoint.read_meta(run_dir / "checkpoint")["history"]
+    assert f"resuming {run_dir} after epoch {len(recorded)}" in job["log"]
+    assert (models / job_id / "model.safetensors").is_file()

@@ -23,7 +23,7 @@ def trained(tmp_path_factory, captions_csv):
     root = tmp / "data"
     shutil.copytree(captions_csv.parent, root / "photos")  # new paths: features not cached yet
     settings = ServerSettings(state_dir=tmp / "state", data_roots=[root])
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         res = client.post("/api/jobs", json={**TINY, "epochs": 1, "name": "  Tiny photos (v1) "})
         assert res.status_code == 201, res.text
         assert res.json()["name"] == "Tiny photos (v1)"  # spaces around it dropped

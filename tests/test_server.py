@@ -45,7 +45,7 @@ def flickr_subset(root: Path, n_train: int = 12, n_dev: int = 4) -> Path:
 def client(tmp_path):
     settings = ServerSettings(state_dir=tmp_path / "state", data_roots=[tmp_path / "data"])
     (tmp_path / "data").mkdir()
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         c.data_dir = tmp_path / "data"
         yield c
 
@@ -118,15 +118,26 @@ def test_captions_carry_confidence_tags_and_alternatives(client, photo_dir):
         assert len(alts) == 3 and len({a["caption"] for a in alts}) == 3
         assert alts[0] == {"caption": r["caption"], "confidence": r["confidence"]}
         assert r["tags"] == plain["tags"]  # the same photo, the same classes
-    for bad in ("0", "6", "many"):
+    for bad in ("0", "21", "many"):
         res = client.post(
             "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"alternatives": bad}
         )
         assert res.status_code == 422 and "alternatives" in json.dumps(res.json()["detail"])
     res = client.post(
-        "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"alternatives": "9"}
+        "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"alternatives": "21"}
     )
-    assert "must be 1 to 5" in res.json()["detail"]
+    assert "from 1 to 20" in res.json()["detail"]  # the same limit as Python and the CLI
+    # Every decoding setting is a form field, checked by the same rule as everywhere.
+    res = client.post(
+        "/api/captions",
+        files=upload(photo_dir, "coffee.jpg"),
+        data={"repetition_penalty": "0", "max_len": "4"},
+    )
+    assert res.status_code == 200 and len(res.json()[0]["caption"].split()) <= 4
+    res = client.post(
+        "/api/captions", files=upload(photo_dir, "coffee.jpg"), data={"rerank_neighbours": "0"}
+    )
+    assert res.status_code == 422 and "set rerank_neighbours > 0" in res.json()["detail"]
 
 
 def test_caption_errors_are_actionable(client, photo_dir):
@@ -165,7 +176,7 @@ def test_training_is_confined_to_data_roots(client, tmp_path):
 
 def test_caption_only_mode_has_no_training(tmp_path, photo_dir):
     app = create_app(ServerSettings(state_dir=tmp_path / "s", allow_training=False))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         assert c.post("/api/jobs", json={}).status_code in (404, 405)
         assert c.get("/api/jobs").status_code == 404
         assert c.get("/train").status_code == 404
@@ -231,8 +242,12 @@ def test_stop_and_resume_a_job(client, tmp_path):
         time.sleep(0.3)
     stopped = client.post(f"/api/jobs/{job_id}/stop").json()
     assert stopped["state"] == "stopped"
-    done_epochs = len(client.get(f"/api/jobs/{job_id}").json()["history"])
-    assert 1 <= done_epochs < 60
+    history = client.get(f"/api/jobs/{job_id}").json()["history"]
+    assert 1 <= len(history) < 60
+    # Wherever the stop landed, the job's history is its checkpoint's (the resume point).
+    # tests/test_jobs.py stops at the two points around a checkpoint on purpose.
+    ckpt = tmp_path / "state" / "runs" / job_id / "checkpoint"
+    assert history == json.loads((ckpt / "state.json").read_text())["history"]
     assert client.post(f"/api/jobs/{job_id}/stop").status_code == 409
     assert client.post(f"/api/jobs/{job_id}/resume").json()["state"] == "running"
     job = wait_for(client, job_id, {"done", "failed"})
@@ -247,7 +262,9 @@ def test_restart_marks_running_jobs_interrupted(tmp_path):
     store = JobStore(tmp_path / "state" / "jobs.sqlite")  # no data needed: the job never runs
     job_id = store.create(TrainConfig(dataset_path=tmp_path / "flickr8k"))
     store.update(job_id, state="running", pid=999_999_999)
-    with TestClient(create_app(ServerSettings(state_dir=tmp_path / "state"))) as c:
+    with TestClient(
+        create_app(ServerSettings(state_dir=tmp_path / "state")), base_url="http://127.0.0.1"
+    ) as c:
         job = c.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "interrupted" and "resume" in job["error"]
 

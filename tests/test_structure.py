@@ -157,7 +157,9 @@ def test_bundled_model_api_and_http_use_the_models_own_decoding(photo_dir, tmp_p
     default = cap.caption(paths)
     assert default == cap.caption(paths, decode=cap.decoding)
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
-    with TestClient(create_app(ServerSettings(state_dir=tmp_path / "state"))) as client:
+    with TestClient(
+        create_app(ServerSettings(state_dir=tmp_path / "state")), base_url="http://127.0.0.1"
+    ) as client:
         got = client.post("/api/captions", files=files).json()
         assert [r["caption"] for r in got] == default
         too_wide = client.post("/api/captions", files=files, data={"beam_size": "21"})

@@ -43,12 +43,6 @@ class Batcher:
         self.cond = threading.Condition()
         threading.Thread(target=self._loop, name="captioner-batcher", daemon=True).start()
 
-    async def caption(
-        self, cap: Captioner, images: list[Image.Image], decode: DecodeConfig
-    ) -> list[str]:
-        found = await self.describe(cap, images, decode, tags=0)
-        return [d.caption for d in found]
-
     async def describe(
         self,
         cap: Captioner,

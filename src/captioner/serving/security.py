@@ -1,7 +1,7 @@
 """Who may use the server, and how much: the start-up exposure decision, access tokens and the
-login cookie, same-origin and Host checks, request-size caps, JSON sanity, per-client rate
-limits and disk-full answers. One ASGI middleware (`Guard`) applies the request rules before
-any route runs, so a route cannot forget them.
+login cookie, same-origin and Host checks, request-size caps, per-client rate limits and
+disk-full answers. `guard.Guard` (one ASGI middleware) applies the request rules before any
+route runs, so a route cannot forget them; each route declares its own access beside it.
 
 Why each rule exists:
 - Host check: DNS rebinding lets any web page talk to a loopback server under the page's own
@@ -21,29 +21,21 @@ import errno
 import hashlib
 import hmac
 import ipaddress
-import json
 import math
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.requests import cookie_parser
-from starlette.responses import JSONResponse, RedirectResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import Scope
 
 COOKIE = "captioner_session"
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-MULTIPART_ROUTES = {"/api/captions"}
-FORM_ROUTES = {"/login"}
-BODY_REQUIRED = {"/api/jobs"}  # POST without a JSON body is refused (415) before the route
-PAGES = {"/", "/train", "/models"}
-OPEN_PATHS = {"/healthz", "/login", "/logout", "/docs", "/openapi.json"}
-MAX_JSON_DEPTH = 32
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -173,6 +165,31 @@ class RateLimiter:
             return 0
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A request refused before its route runs (or by its rate limit): a JSON error, or a
+    redirect to `location` (a page asking for the token sends the browser to /login)."""
+
+    status: int
+    detail: str = ""
+    headers: dict[str, str] | None = None
+    location: str | None = None
+
+    def response(self) -> Response:
+        if self.location is not None:
+            return RedirectResponse(self.location, status_code=self.status)
+        return JSONResponse({"detail": self.detail}, status_code=self.status, headers=self.headers)
+
+    def error(self) -> HTTPException:
+        """The same refusal raised from inside a route."""
+        return HTTPException(self.status, self.detail, headers=self.headers)
+
+
+def client_host(scope: Scope) -> str:
+    """The client's address as the rules see it ("" when the server does not know it)."""
+    return (scope.get("client") or ("",))[0]
+
+
 @dataclass
 class Policy:
     """The request rules a server was started with (built from ServerSettings)."""
@@ -184,7 +201,6 @@ class Policy:
     max_request_bytes: int = 256 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
     limiter: RateLimiter | None = None
-    rate_limit_loopback: bool = False
     hosts: set[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -207,19 +223,25 @@ class Policy:
         cookie = cookie_parser(headers.get("cookie", "")).get(COOKIE, "")
         return hmac.compare_digest(cookie.encode(), session_value(self.token).encode())
 
-    def needs_token(self, method: str, path: str) -> bool:
-        if not self.token or path in OPEN_PATHS or path.startswith("/static/"):
-            return False
-        public = (method == "POST" and path == "/api/captions") or (
-            method in SAFE_METHODS and path in ("/", "/api/models")
-        )
-        return not (self.public_captioning and public)
-
-    def rate_limited(self, client: str) -> RateLimiter | None:
-        """The limiter that applies to this client, if any (loopback is exempt by default)."""
-        if self.limiter is None or (is_loopback(client) and not self.rate_limit_loopback):
+    def over_limit(
+        self, client: str, cost: float = 1.0, *, bucket: str = "", take: bool = True
+    ) -> Refusal | None:
+        """Every rate limit goes through here: take `cost` from the client's `bucket` (""
+        photos, "login:" sign-in tries), or with take=False only check that `cost` would fit;
+        a 429 refusal when it does not. Loopback clients are exempt (one person at their own
+        machine, the bench)."""
+        if self.limiter is None or is_loopback(client):
             return None
-        return self.limiter
+        key = bucket + client
+        wait = self.limiter.take(key, cost) if take else self.limiter.wait(key, cost)
+        if not wait:
+            return None
+        return Refusal(
+            429,
+            f"too many photos from your address; try again in {wait} s "
+            "(the server's --rate-limit sets how many per minute)",
+            {"Retry-After": str(wait)},
+        )
 
     def too_large(self, limit: int) -> str:
         if limit == self.max_request_bytes:
@@ -270,211 +292,3 @@ DISK_FULL_DETAIL = (
     "the server's disk is full (or its quota is used up); nothing was saved. "
     "Free some space on the server and try again"
 )
-
-
-def json_depth(value: object) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    depth, stack = 0, [(value, 1)]
-    while stack:
-        item, d = stack.pop()
-        if isinstance(item, dict | list):
-            depth = max(depth, d)
-            if depth > MAX_JSON_DEPTH:
-                return depth
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((c, d + 1) for c in children)
-    return depth
-
-
-def _media_type(headers: Headers) -> str:
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-class Guard:
-    """ASGI middleware that applies a Policy to every HTTP request before routing."""
-
-    def __init__(self, app: ASGIApp, policy: Policy) -> None:
-        self.app = app
-        self.policy = policy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            refusal, rx = await self._check(scope, receive)
-            if isinstance(refusal, tuple):  # (status, detail, headers) or a ready response
-                status, detail, headers = refusal
-                response = JSONResponse({"detail": detail}, status_code=status, headers=headers)
-                await response(scope, receive, send_tracked)
-            elif refusal is not None:
-                await refusal(scope, receive, send_tracked)
-            else:
-                await self.app(scope, rx, send_tracked)
-        except HTTPException as exc:  # a body cap hit outside a route
-            if started:
-                raise
-            await JSONResponse({"detail": exc.detail}, exc.status_code)(scope, receive, send)
-        except Exception as exc:
-            if started or not disk_full(exc):
-                raise
-            await JSONResponse({"detail": DISK_FULL_DETAIL}, 507)(scope, receive, send)
-
-    async def _check(self, scope: Scope, receive: Receive) -> tuple[object, Receive]:
-        """(a refusal or None, the receive callable the app must then use)."""
-        refusal = await self._rules(scope)
-        if refusal is not None:
-            return refusal, receive
-        return await self._body(scope, receive)
-
-    async def _rules(self, scope: Scope) -> object:
-        p = self.policy
-        headers = Headers(scope=scope)
-        method, path = scope["method"], scope["path"]
-        host = headers.get("host", "")
-        # Starlette's in-process TestClient (client "testclient", not an address any network
-        # peer can have) always says Host: testserver.
-        in_process = (scope.get("client") or ("",))[0] == "testclient" and host == "testserver"
-        if not in_process and not p.host_allowed(host):
-            return (
-                421,
-                f"this server does not answer to the name {headers.get('host', '')!r}; if "
-                "that is its real name, start it with --allowed-host NAME",
-                None,
-            )
-        unsafe = method not in SAFE_METHODS
-        if unsafe and (why := cross_origin(headers)):
-            return (
-                403,
-                f"cross-origin request refused ({why}): change data from this server's own "
-                "pages, or from a script or curl (no Origin header)",
-                None,
-            )
-        if p.needs_token(method, path) and not p.authorized(headers):
-            if method in SAFE_METHODS and path in PAGES:
-                return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
-            return (
-                401,
-                "this server needs its access token: send 'Authorization: Bearer TOKEN', "
-                "or log in at /login",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        return None
-
-    async def _body(self, scope: Scope, receive: Receive) -> tuple[object, Receive]:
-        p = self.policy
-        headers = Headers(scope=scope)
-        method, path = scope["method"], scope["path"]
-        if method in SAFE_METHODS:
-            return None, receive
-        # What the body must be, and how big it may be.
-        media = _media_type(headers)
-        length_header = headers.get("content-length")
-        has_body = headers.get("transfer-encoding", "").lower() == "chunked" or (
-            length_header not in (None, "", "0")
-        )
-        if path in MULTIPART_ROUTES:
-            kind, limit = "multipart", p.max_request_bytes
-            ok = not has_body or media == "multipart/form-data"
-            want = "multipart/form-data (the photos as 'files' fields)"
-        elif path in FORM_ROUTES:
-            kind, limit = "form", p.max_json_bytes
-            ok = not has_body or media in (
-                "application/x-www-form-urlencoded",
-                "multipart/form-data",
-            )
-            want = "a form (application/x-www-form-urlencoded)"
-        else:
-            kind, limit = "json", p.max_json_bytes
-            needs = has_body or (method == "POST" and path in BODY_REQUIRED)
-            ok = not needs or media == "application/json" or media.endswith("+json")
-            want = "JSON (Content-Type: application/json)"
-        if not ok:
-            return (
-                415,
-                f"send {want}, not {media or 'a body without Content-Type'}",
-                None,
-            ), receive
-        try:
-            if length_header and int(length_header) > limit:
-                return (413, p.too_large(limit), None), receive
-        except ValueError:
-            return (400, "Content-Length is not a number", None), receive
-
-        if kind == "multipart":
-            client = (scope.get("client") or ("", 0))[0]
-            limiter = p.rate_limited(client)
-            if limiter is not None and (wait := limiter.wait(client)):
-                return _rate_limited(wait), receive
-
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise HTTPException(413, p.too_large(limit))
-            return message
-
-        if kind == "json" and has_body:
-            return await self._check_json(counted)
-        return None, counted
-
-    async def _check_json(self, receive: Receive) -> tuple[object, Receive]:
-        """Read the (small, capped) JSON body, refuse invalid or deeply nested JSON with a 400,
-        then hand the same bytes to the route."""
-        chunks = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        try:
-            depth = json_depth(json.loads(body)) if body else 0
-        except RecursionError:
-            depth = MAX_JSON_DEPTH + 1
-        except ValueError as exc:
-            return (400, f"the body is not valid JSON: {exc}", None), receive
-        if depth > MAX_JSON_DEPTH:
-            return (
-                400,
-                f"JSON nested deeper than {MAX_JSON_DEPTH} levels is refused",
-                None,
-            ), receive
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return None, replay
-
-
-def _rate_limited(wait: int) -> tuple[int, str, dict]:
-    return (
-        429,
-        f"too many photos from your address; try again in {wait} s "
-        "(the server's --rate-limit sets how many per minute)",
-        {"Retry-After": str(wait)},
-    )
-
-
-def rate_limit_error(wait: int) -> HTTPException:
-    status, detail, headers = _rate_limited(wait)
-    return HTTPException(status, detail, headers=headers)
