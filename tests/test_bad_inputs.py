@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bombs import png, png_bomb  # also imported from here by test_images
 from PIL import Image
 
 from captioner import Captioner
@@ -35,40 +36,12 @@ def photo() -> Image.Image:
     return Image.fromarray(skimage.data.astronaut())  # a real 512x512 photo
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png(width: int, height: int, depth: int, colour: int, idat: bytes) -> bytes:
-    """A PNG from its parts (colour: 0 grey, 2 RGB), for what PIL cannot write."""
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    chunks = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + chunks
-
-
 def png_rows(array: np.ndarray) -> bytes:
     """A 16-bit PNG of a (H, W) or (H, W, 3) uint16 array: filter byte 0, big-endian samples."""
     h, w = array.shape[:2]
     rows = array.astype(">u2").reshape(h, -1).view(np.uint8)
     raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
     return png(w, h, 16, 2 if array.ndim == 3 else 0, zlib.compress(raw))
-
-
-def png_bomb(side: int) -> bytes:
-    """A valid side x side 8-bit grey PNG of zeros, written without ever holding its pixels:
-    after a full flush deflate repeats itself, so one compressed MiB of zeros is reused, and
-    the Adler-32 of n zero bytes is (n mod 65521) << 16 | 1."""
-    total = side * (side + 1)  # a filter byte per row, all zero
-    block = 1 << 20
-    comp = zlib.compressobj(9)
-    first = comp.compress(bytes(block)) + comp.flush(zlib.Z_FULL_FLUSH)
-    again = comp.compress(bytes(block)) + comp.flush(zlib.Z_FULL_FLUSH)
-    assert comp.compress(bytes(block)) + comp.flush(zlib.Z_FULL_FLUSH) == again
-    n, rest = divmod(total, block)
-    tail = comp.compress(bytes(rest)) + comp.flush(zlib.Z_FULL_FLUSH) if rest else b""
-    adler = ((total % 65521) << 16) | 1
-    stream = first + again * (n - 1) + tail + b"\x03\x00" + struct.pack(">I", adler)
-    return png(side, side, 8, 0, stream)
 
 
 def saved(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -320,3 +293,55 @@ def test_http_api_bounds_memory_on_bombs_and_answers_every_file(server, bad_dir)
     want["bomb-13000.png"] = CAPTION  # this server's limit admits it
     assert outcomes == want
     assert peak_rss_mb(proc.pid) < SERVER_RSS_BOUND_MB
+
+
+# Broken model folders (tests/broken_models.py): each is refused whole, once, with its reason,
+# before it can caption; the listing catches what needs no weights read.
+
+from broken_models import BROKEN, make_broken  # noqa: E402 (this section's own corpus)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_a_broken_model_is_refused_whole_with_its_reason(tmp_path, name):
+    import resource
+
+    from captioner.core.errors import BundleError
+    from captioner.storage.bundle import check_bundle, load_bundle
+
+    folder = make_broken(tmp_path / name, name)
+    _, reason, listed = BROKEN[name]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(BundleError) as err:
+        load_bundle(folder)
+    message = str(err.value)
+    assert reason in message and str(folder) in message, message
+    assert "\n" not in message and "pydantic.dev" not in message
+    # hidden_size 60000 would be a 57 GB LSTM: the shapes are read from the file's header.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB
+    if listed:
+        with pytest.raises(BundleError, match=re.escape(reason)):
+            check_bundle(folder)
+    else:
+        check_bundle(folder)  # only loading the weights finds it
+
+
+def test_a_model_whose_weights_are_not_finite_is_never_written(tmp_path):
+    import math
+
+    import torch
+
+    from captioner.core.errors import BundleError
+    from captioner.storage.bundle import load_bundle, save_bundle
+
+    bundle = load_bundle(Captioner.load().bundle.path)
+    weight = bundle.model.out.weight
+    for value, why in ((math.nan, "NaN"), (1e6, "finite in fp32, infinite in fp16")):
+        with torch.no_grad():
+            saved, weight[0, 0] = weight[0, 0].item(), value
+        with pytest.raises(BundleError, match=r"cannot save this model: .*/model.safetensors hol"):
+            save_bundle(tmp_path / "model", bundle, "card")
+        assert not (tmp_path / "model").exists(), why
+        with torch.no_grad():
+            weight[0, 0] = saved
+    save_bundle(tmp_path / "model", bundle, "card")  # the same model, finite, is written
+    assert load_bundle(tmp_path / "model").vocab.itos == bundle.vocab.itos

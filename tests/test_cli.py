@@ -314,3 +314,72 @@ def test_ctrl_c_then_skip_existing_finishes_a_folder_once(photo_dir, tmp_path):
         if ln
     ]
     assert sorted(meta) == sorted(["old.jpg"] + [f"{i}.jpg" for i in range(30)])
+
+
+def test_sigterm_keeps_the_rows_done_as_ctrl_c_does(photo_dir, tmp_path):
+    import shutil
+    import signal
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):  # enough that the signal lands mid-run
+        shutil.copy(photo_dir / "coffee.jpg", folder / f"{i:02d}.jpg")
+    out = tmp_path / "out.tsv"
+    args = ["caption", str(folder), "--batch-size", "1", "--metadata", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "captioner", *args], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not any(len(f.read_text().splitlines()) > 3 for f in tmp_path.glob(".out.tsv.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # kill, systemd, docker stop
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err  # 128 + 15, as a process killed by SIGTERM reports
+    rows = [ln.split("\t") for ln in out.read_text().splitlines()]
+    assert f"terminated: kept the {len(rows)} captions done so far in {out}" in err
+    assert "Traceback" not in err and 3 <= len(rows) < 60 and all(CLEAN.match(r[1]) for r in rows)
+    meta = [json.loads(ln)["file_name"] for ln in (folder / "metadata.jsonl").open()]
+    assert meta == [Path(r[0]).name for r in rows]  # metadata.jsonl kept the same rows
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_train_refuses_a_run_folder_another_process_trains_into(captions_csv, tmp_path):
+    import time
+
+    from captioner.core.errors import TrainingError
+    from captioner.serving.jobs import RunLock
+
+    run_dir = tmp_path / "run"
+    flags = ["--dataset-format", "captions", "--dataset-path", str(captions_csv), "--quiet"]
+    flags += ["--vocab-threshold", "1", "--embed-size", "32", "--hidden-size", "32"]
+    lock = RunLock(run_dir)  # as a server job's worker holds it while it trains
+    try:
+        res = run("train", "--out", str(run_dir), "--epochs", "1", *flags)
+    finally:
+        lock.release()
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith(f"error: {run_dir} is locked by another training process (pid ")
+    assert len(res.stderr.splitlines()) == 1 and f"(pid {os.getpid()})" in res.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # no epoch written twice
+    # And the other way round: while the command trains, a server worker is refused.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "captioner", "train", "--out", str(run_dir), "--epochs", "500"]
+        + flags,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (run_dir / ".lock").read_text().strip() != str(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        with pytest.raises(
+            TrainingError, match=f"locked by another training process .pid {proc.pid}"
+        ):
+            RunLock(run_dir)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -161,6 +162,32 @@ def test_every_path_field_is_confined_over_http(server, tmp_path):
     assert res.status_code == 422 and "photos/nope.csv does not exist" in res.json()["detail"]
     assert server.get("/api/jobs").json() == []  # nothing refused was queued
     assert server.get("/api/datasets").json()["roots"] == [str(root)]
+
+
+def test_image_paths_inside_a_dataset_file_are_confined_too(server, tmp_path):
+    root = server.root
+    (tmp_path / "outside.jpg").write_bytes(b"x")  # exists: must not be told apart from missing
+    body = {"dataset_format": "captions", "dataset_path": "photos/bad.csv", "epochs": 1}
+    rows = ["/etc/shadow", "../../../../../../../../etc/passwd", "../../outside.jpg"]
+    for row in [*rows, "../../missing.jpg", str(tmp_path / "outside.jpg"), "y" * 300 + ".jpg"]:
+        (root / "photos" / "bad.csv").write_text(
+            "image,caption,split\nastronaut.jpg,a woman,train\nastronaut.jpg,a woman,dev\n"
+            f"{row},a secret,train\n"
+        )
+        res = server.post("/api/jobs", json=body)
+        assert res.status_code == 403, res.text
+        detail = res.json()["detail"]
+        assert "1 of 2 image paths in it are not paths inside the data folders" in detail
+        quoted = {"etc", "shadow", "passwd", "jpg", "missing", "exist", "secret"}
+        assert not quoted & set(re.split(r"\W", detail.replace(str(root), "ROOT")))
+    # A .csv (or .jsonl) that is a link to a system file: refused, quoting none of it.
+    for name in ("passwd.csv", "passwd.jsonl"):
+        (root / "photos" / name).symlink_to("/etc/passwd")
+        res = server.post("/api/jobs", json={**body, "dataset_path": f"photos/{name}"})
+        assert res.status_code == 400, res.text
+        detail = res.json()["detail"].replace(str(root), "ROOT")
+        assert f"ROOT/photos/{name}:1: " in detail and "root" not in detail
+    assert server.get("/api/jobs").json() == []  # nothing refused was queued
 
 
 def test_linked_dataset_is_accepted_relative_to_the_root(server, tmp_path, captions_csv):

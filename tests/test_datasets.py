@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 from conftest import COCO, FLICKR, needs_coco, needs_flickr
 
+from captioner.core.errors import DataPathError
 from captioner.data.datasets import DatasetError, load_dataset, read_captions_file, read_flickr8k
 
 
@@ -89,7 +91,7 @@ def test_captions_csv_and_jsonl(tmp_path):
 @pytest.mark.parametrize(
     "name,text,message",
     [
-        ("c.csv", "img,text\nx.jpg,a\n", r"c\.csv:1: header must include 'image' and 'caption'"),
+        ("c.csv", "img,text\nx.jpg,a\n", r"c\.csv:1: expected a header row with columns image,"),
         ("c.csv", "image,caption\nx.jpg,\n", r"c\.csv:2: missing or empty 'caption'"),
         ("c.jsonl", '{"image": "x.jpg", "caption": "a"}\n{oops\n', r"c\.jsonl:2: not valid JSON"),
         ("c.jsonl", '["x.jpg", "a"]\n', r"c\.jsonl:1: expected an object"),
@@ -101,6 +103,69 @@ def test_bad_captions_files_name_file_and_line(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(DatasetError, match=message):
         read_captions_file(tmp_path / name)
+
+
+def test_errors_never_quote_the_file(tmp_path):
+    # A "dataset" that is a link to a system file: its first line is no header, and the error
+    # (shown to a web user as the job's error) must not show any of it.
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/bin/false\n")
+    (tmp_path / "c.csv").symlink_to(secret)
+    (tmp_path / "c.jsonl").symlink_to(secret)
+    for name in ("c.csv", "c.jsonl"):
+        with pytest.raises(DatasetError) as err:
+            read_captions_file(tmp_path / name)
+        assert "root" not in str(err.value).replace(str(tmp_path), "") and ":1:" in str(err.value)
+    (tmp_path / "bad.csv").write_bytes(b"image,caption\nx\xff.jpg,a cat\n")
+    with pytest.raises(DatasetError, match=r"bad\.csv: not UTF-8 text; save it as UTF-8"):
+        read_captions_file(tmp_path / "bad.csv")
+    (tmp_path / "big.csv").write_text('image,caption\nx.jpg,"' + "a" * 200_000 + '"\n')
+    with pytest.raises(DatasetError, match=r"big\.csv:2: not a CSV row"):
+        read_captions_file(tmp_path / "big.csv")
+
+
+def test_confined_image_paths_are_refused_before_any_is_looked_up(tmp_path):
+    """`confine_image` (the server passes datapaths.confine with its data roots) refuses paths
+    that leave the folders, counting them without naming them or saying which exist."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "outside.jpg").write_bytes(b"x")  # exists: must not be told apart from missing
+
+    def inside_root(image: Path) -> Path:
+        normal = Path(os.path.normpath(image))
+        if not normal.is_relative_to(root):
+            raise DataPathError(f"{image} is outside")  # never shown: the reader counts it
+        return normal
+
+    csv_path = root / "c.csv"
+    for rows in (["/etc/shadow"], ["../../outside.jpg"], ["../../missing.jpg"]):
+        csv_path.write_text("image,caption\nx.jpg,a cat\n" + "".join(f"{r},a\n" for r in rows))
+        with pytest.raises(DataPathError) as err:
+            read_captions_file(csv_path, images=root / "images", confine_image=inside_root)
+        message = str(err.value)
+        assert "1 of 2 image paths in it are not paths inside the data folders" in message
+        assert rows[0].lstrip("./") not in message and "exist" not in message
+    # The command line (no confine_image) still reads any path it is given.
+    csv_path.write_text("image,caption\nx.jpg,a cat\n../../outside.jpg,a\n")
+    recs = read_captions_file(csv_path, images=root / "images")
+    assert recs[1].image.resolve() == tmp_path / "outside.jpg"
+    csv_path.write_text(f"image,caption\nx.jpg,a cat\n{'y' * 300}.jpg,a\n")  # ENAMETOOLONG
+    with pytest.raises(DatasetError, match=r"1 of 2 images do not exist"):
+        read_captions_file(csv_path, images=root / "images")
+    csv_path.write_text("image,caption\nx.jpg,a cat\nsub/../x.jpg,a dog\n")
+    recs = read_captions_file(csv_path, images=root / "images", confine_image=inside_root)
+    assert [r.image for r in recs] == [root / "images" / "x.jpg"] * 2  # the normalised path
+    # Karpathy's 2014 path is tried first: outside the folders it is never even looked at.
+    (tmp_path / "val2014").mkdir()
+    (tmp_path / "val2014" / "a.jpg").write_bytes(b"x")
+    image = {"filepath": "../val2014", "filename": "a.jpg", "cocoid": 1, "split": "val"}
+    (root / "dataset_coco.json").write_text(
+        json.dumps({"images": [{**image, "sentences": [{"raw": "a cat"}]}]})
+    )
+    with pytest.raises(DataPathError, match="1 of 1 image paths"):
+        load_dataset("karpathy", root, "val", confine_image=inside_root)
+    assert load_dataset("karpathy", root, "val")[0].image.is_file()  # the CLI finds it
 
 
 def test_bad_coco_files(tmp_path):

@@ -361,3 +361,141 @@ def test_login_flow_in_chromium(tmp_path):
         page.goto(base + "/")
         page.wait_for_url(lambda url: "/login?next=" in url)
         browser.close()
+
+
+# -- hardening: blank tokens, failed sign-ins from anywhere, forwarded-for, server paths ---------
+
+
+def test_a_blank_token_is_refused_and_surrounding_spaces_do_not_count(tmp_path):
+    from captioner.core.errors import ConfigError
+
+    for host in ("127.0.0.1", "0.0.0.0"):
+        refused = check_exposure(host, token="   ", insecure=False, allow_training=True)
+        assert not refused.ok and "token is blank" in refused.message
+    with pytest.raises(ConfigError, match="token is blank"):
+        create_app(ServerSettings(state_dir=tmp_path / "s", token=" \t "))
+    # Typed tokens are stripped, so the server's own is too: ' TOKEN ' is TOKEN.
+    with make_client(tmp_path, allow_training=True, token=f"  {TOKEN}\n") as c:
+        ok = c.post("/api/models/bundled/default", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200
+        assert c.post("/login", data={"token": TOKEN}).headers["location"] == "/"
+
+
+def test_serve_refuses_a_blank_token_at_start(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "captioner", "serve", "--token", "   "]
+        + ["--state-dir", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and res.stderr.startswith("error: the access token is blank")
+    assert len(res.stderr.splitlines()) == 1 and "serving" not in res.stdout
+
+
+def test_failed_sign_ins_are_limited_from_loopback_too(tmp_path):
+    from captioner.serving.security import LOGIN_TRIES
+
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    with make_client(tmp_path, allow_training=True, token=TOKEN) as c:
+        assert c.get("/api/models", headers=right).status_code == 200  # a success costs nothing
+        for i in range(LOGIN_TRIES):
+            wrong = {"Authorization": f"Bearer guess-{i}"}
+            assert c.get("/api/models", headers=wrong).status_code == 401
+        res = c.get("/api/models", headers={"Authorization": "Bearer guess-x"})
+        assert res.status_code == 429 and int(res.headers["retry-after"]) >= 1
+        assert "too many failed sign-ins" in res.json()["detail"]
+        # Past the limit even the right token learns nothing, and the form is closed too.
+        assert c.get("/api/models", headers=right).status_code == 429
+        assert c.post("/login", data={"token": TOKEN}).status_code == 429
+        # Without a credential a request is not a sign-in: still a plain 401 or the login page.
+        assert c.get("/api/models").status_code == 401
+        assert c.get("/models").status_code == 303
+    with make_client(tmp_path, allow_training=True, token=TOKEN) as c:  # the form counts too
+        for _ in range(LOGIN_TRIES):
+            assert c.post("/login", data={"token": "nope"}).status_code == 303
+        assert c.post("/login", data={"token": TOKEN}).status_code == 429
+
+
+def test_forwarded_for_is_believed_only_from_a_trusted_proxy(tmp_path, photo_dir):
+    def captions(c, forwarded: str):
+        return c.post(
+            "/api/captions", files=[photo(photo_dir)], headers={"X-Forwarded-For": forwarded}
+        )
+
+    # Untrusted: rotating X-Forwarded-For gives no fresh bucket (one address, one limit)...
+    with make_client(tmp_path, client=REMOTE, rate_limit=1, max_files=1) as c:
+        assert captions(c, "198.51.100.1").status_code == 200
+        assert captions(c, "198.51.100.2").status_code == 429
+    # ... and from loopback it is not a way out of the loopback exemption either.
+    with make_client(tmp_path, rate_limit=1, max_files=1) as c:
+        assert all(captions(c, "198.51.100.9").status_code == 200 for _ in range(2))
+    # A proxy named with --trusted-proxy: its clients are limited one by one, by the nearest
+    # hop it did not add itself (what the client wrote further left is ignored).
+    with make_client(tmp_path, rate_limit=1, max_files=1, trusted_proxies=["127.0.0.0/8"]) as c:
+        assert captions(c, "10.9.9.9, 198.51.100.7").status_code == 200
+        assert captions(c, "10.9.9.8, 198.51.100.7").status_code == 429
+        assert captions(c, "198.51.100.8, 127.0.0.1").status_code == 200  # a proxy chain
+        assert captions(c, "").status_code == 200  # no header: the proxy itself (loopback)
+    with pytest.raises(Exception, match="--trusted-proxy 'proxy.example' is not an IP"):
+        make_client(tmp_path, trusted_proxies=["proxy.example"])
+
+
+def test_a_real_server_ignores_forwarded_for_from_loopback(tmp_path):
+    """Uvicorn believes X-Forwarded-For from any loopback peer by default: every guess with a
+    new address used to get a fresh sign-in bucket."""
+    import httpx
+
+    from captioner.serving.security import LOGIN_TRIES
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "CAPTIONER_TOKEN": TOKEN}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "captioner", "serve", "--port", str(port)]
+        + ["--state-dir", str(tmp_path / "s"), "--disable-training"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+        codes = [
+            httpx.get(
+                url + "/api/models",
+                headers={"Authorization": f"Bearer guess-{i}", "X-Forwarded-For": f"10.0.0.{i}"},
+            ).status_code
+            for i in range(LOGIN_TRIES + 2)
+        ]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert codes == [401] * LOGIN_TRIES + [429, 429]
+
+
+def test_server_paths_are_shown_only_to_the_token(tmp_path):
+    models = tmp_path / "state" / "models"
+    (models / "half").mkdir(parents=True)
+    (models / "half" / "config.json").write_text("{not json")
+    (tmp_path / "state" / "settings.json").write_text('{"default_model": "half"}')
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    with make_client(tmp_path, token=TOKEN, public_captioning=True) as c:
+        health = c.get("/healthz")
+        assert health.json()["status"] == "degraded" and str(tmp_path) not in health.text
+        assert "models/half/config.json:1: not valid JSON" in health.json()["default_model_error"]
+        public = {m["id"]: m for m in c.get("/api/models").json()}  # open: public captioning
+        assert public["half"]["broken"] and str(tmp_path) not in public["half"]["error"]
+        assert public["half"]["error"].startswith("models/half/config.json:1: not valid JSON")
+        shown = {m["id"]: m for m in c.get("/api/models", headers=right).json()}
+        assert shown["half"]["error"].startswith(f"{models / 'half'}/config.json:1:")
+        one = c.get("/api/models/half", headers=right).json()
+        assert one["error"] == shown["half"]["error"]

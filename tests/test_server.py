@@ -7,6 +7,7 @@ import io
 import json
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,176 @@ def test_batcher_merges_requests_only_when_their_options_match(photo_dir):
     assert two[0].caption == busy[0].caption and two[0].tags[0].label == busy[0].tags[0].label
     assert two[0].confidence == pytest.approx(busy[0].confidence, rel=1e-4)
     assert len(alts[0].alternatives) == 2 and not one[0].alternatives
+
+
+# -- hardening: broken defaults, bad settings, the job queue, loaded models, model folders ------
+
+
+@pytest.mark.parametrize("broken", ["decoding-fast", "hidden-60000", "weights-nan"])
+def test_a_broken_default_is_found_once_listed_as_broken_and_replaced(
+    tmp_path, photo_dir, caplog, broken
+):
+    """Made the default, then a restart: /healthz used to answer 500, every caption 500 (NaN
+    weights: 'Out of range float values are not JSON compliant'), the list said healthy and
+    each request loaded the model again."""
+    from broken_models import make_broken
+
+    state = tmp_path / "state"
+    make_broken(state / "models" / "bad", broken)
+    (state / "settings.json").write_text('{"default_model": "bad"}')
+    caplog.set_level("WARNING", logger="captioner.serving.model_store")
+    app = create_app(ServerSettings(state_dir=state, allow_training=False))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        health = c.get("/healthz")
+        assert health.status_code == 200, health.text
+        h = health.json()
+        assert h["status"] == "degraded" and h["serving_model"] == "bundled"
+        assert h["default_model_error"].startswith("model bad cannot be loaded: ")
+        assert "models/bad" in h["default_model_error"]
+        assert str(tmp_path) not in health.text  # the open /healthz names no server path
+        for _ in range(3):
+            res = c.post("/api/captions", files=upload(photo_dir, "coffee.jpg"))
+            assert res.status_code == 200 and res.headers["x-captioner-model"] == "bundled"
+            assert len(res.json()[0]["caption"].split()) >= 3
+        listed = {m["id"]: m for m in c.get("/api/models").json()}
+        assert listed["bad"]["broken"] and listed["bad"]["default"]
+        assert not listed["bundled"]["broken"]
+        # A server only this machine reaches and without a token shows its own paths.
+        assert str(state / "models" / "bad") in listed["bad"]["error"]
+    tries = [r for r in caplog.records if "model bad cannot be loaded" in r.getMessage()]
+    assert len(tries) == 1, "a broken model must be loaded once, not once per request"
+    assert "captioning with the bundled model instead" in tries[0].getMessage()
+
+
+def test_loaded_models_are_kept_in_a_small_lru_that_always_keeps_the_default(tmp_path):
+    from broken_models import copy_model
+
+    from captioner.serving.model_store import ModelStore
+
+    store = ModelStore(tmp_path / "models", tmp_path / "settings.json", max_loaded=2)
+    for name in ("one", "two", "three"):
+        copy_model(tmp_path / "models" / name)
+    (tmp_path / "settings.json").write_text('{"default_model": "two"}')
+    kept = []
+    for model_id in (None, "one", "three", "bundled", "one"):
+        store.get(model_id)
+        kept.append(list(store.loaded))
+    assert kept == [
+        ["two"],
+        ["two", "one"],
+        ["two", "three"],  # "one" was the least recently used
+        ["two", "bundled"],
+        ["two", "one"],
+    ]
+    first = store.get("two")
+    assert store.get() is first  # the default is never loaded twice
+
+
+def test_model_downloads_and_lists_never_follow_links_or_odd_ids(client, tmp_path):
+    from broken_models import copy_model
+
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    models = client.app.state.models.dir
+    copy_model(models / "planted", link_big=False)
+    (models / "planted" / "shadow.txt").symlink_to(secret)
+    copy_model(models / "evil\n")
+    res = client.get("/api/models/planted/download")
+    names = zipfile.ZipFile(io.BytesIO(res.content)).namelist()
+    assert "planted/model.safetensors" in names and "planted/shadow.txt" not in names
+    assert b"secret-hash" not in res.content
+    listed = {m["id"]: m for m in client.get("/api/models").json()}
+    assert "evil\n" not in listed and set(listed) == {"bundled", "planted"}
+    assert listed["planted"]["size_bytes"] == listed["bundled"]["size_bytes"]  # no link counted
+    assert client.get("/api/models/evil%0A/download").status_code == 404
+    assert client.get("/api/models/evil%0A").status_code == 404
+
+
+def test_unreasonable_settings_are_refused_in_plain_words(client):
+    bodies = [
+        ('{"dataset_path": "d", "grad_clip": Infinity}', "grad_clip: Input should be a finite"),
+        ('{"dataset_path": "d", "weight_decay": Infinity}', "weight_decay: Input should be a"),
+        ('{"dataset_path": "d", "weight_decay": 1e308, "epochs": 1}', "weight_decay: Input should"),
+        ('{"dataset_path": "d", "learning_rate": NaN}', "learning_rate: Input should be a finite"),
+        ('{"dataset_path": "d", "grad_clip": 1e300}', "grad_clip: Input should be less than or"),
+        ('{"dataset_path": "d", "vocab_threshold": 1e308}', "vocab_threshold: Value error, 1e+308"),
+        ('{"dataset_path": "d", "vocab_threshold": 1' + "0" * 40 + "}", "vocab_threshold: Inpu"),
+        ('{"dataset_path": "d", "epochs": -Infinity}', "epochs: Value error, -inf is out of"),
+    ]
+    for body, words in bodies:
+        res = client.post("/api/jobs", content=body, headers={"Content-Type": "application/json"})
+        assert res.status_code == 422, (body, res.text)
+        detail = res.json()["detail"]
+        assert words in detail and "pydantic" not in detail, (body, detail)
+    assert client.get("/api/jobs").json() == []
+
+
+@pytest.mark.parametrize(
+    "path,words",
+    [
+        ("a" * 5000, "is 5000 bytes long; a file or folder name has at most 255"),
+        ("data/" + "é" * 200 + "/x.csv", "is 400 bytes long; a file or folder name"),
+        ("a/" * 2100 + "c.csv", "the path is 4205 bytes long; paths have at most 4096"),
+    ],
+)
+def test_a_path_too_long_for_any_file_system_is_a_422(client, path, words):
+    res = client.post("/api/jobs", json={"dataset_path": path, "dataset_format": "captions"})
+    assert res.status_code == 422, res.text
+    assert res.json()["detail"].startswith("dataset_path: ") and words in res.json()["detail"]
+
+
+def test_a_saved_job_with_settings_json_cannot_hold_fails_in_plain_words(tmp_path, captions_csv):
+    """An older server saved grad_clip = Infinity as null: the worker used to fail with
+    pydantic's text and a link to its documentation."""
+    import signal
+
+    from captioner.config import TrainConfig
+    from captioner.serving.jobs import JobStore, _run
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job_id = store.create(TrainConfig(dataset_path=captions_csv))
+    config = store.get(job_id)["config"] | {"grad_clip": None}
+    store.update(job_id, config=json.dumps(config))
+    previous = signal.getsignal(signal.SIGTERM)  # the worker installs its stop handler
+    try:
+        assert _run(str(tmp_path / "jobs.sqlite"), job_id, str(tmp_path / "run"), "m") == 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    job = store.get(job_id)
+    assert job["state"] == "failed"
+    assert job["error"] == "invalid training settings: grad_clip: Input should be a valid number"
+
+
+@pytest.fixture
+def queue_client(tmp_path, captions_csv):
+    root = tmp_path / "data" / "photos"
+    root.mkdir(parents=True)
+    for f in captions_csv.parent.iterdir():
+        (root / f.name).symlink_to(f)
+    settings = ServerSettings(
+        state_dir=tmp_path / "state", data_roots=[tmp_path / "data"], max_jobs=1, max_queued=2
+    )
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def test_the_job_queue_is_capped(queue_client):
+    c = queue_client
+    body = {"dataset_format": "captions", "dataset_path": "photos/captions.csv"}
+    body |= {"epochs": 1000, "vocab_threshold": 1, "device": "cpu", "workers": 0}
+    states = [c.post("/api/jobs", json=body).json()["state"] for _ in range(3)]
+    assert states == ["running", "queued", "queued"]
+    res = c.post("/api/jobs", json=body)
+    assert res.status_code == 429 and res.headers["retry-after"]
+    assert "2 training jobs are already waiting" in res.json()["detail"]
+    assert "--max-queued is 2" in res.json()["detail"]
+    jobs = c.get("/api/jobs").json()
+    assert len(jobs) == 3
+    queued = [j["id"] for j in jobs if j["state"] == "queued"]
+    assert c.post(f"/api/jobs/{queued[0]}/stop").json()["state"] == "stopped"
+    assert c.post("/api/jobs", json=body).status_code == 201  # room again
+    # A resumed job waits in the same queue, under the same cap.
+    assert c.post(f"/api/jobs/{queued[0]}/resume").status_code == 429
+    for job in c.get("/api/jobs").json():
+        if job["state"] in ("running", "queued"):
+            c.post(f"/api/jobs/{job['id']}/stop")

@@ -243,3 +243,17 @@ def test_finetuned_encoder_is_trained_saved_and_used(captions_csv, tmp_path, pho
         cap.encoder.graph.net.state_dict()["net._conv_head.weight"], tuned["net._conv_head.weight"]
     )
     assert len(cap.caption([photo_dir / "coffee.jpg"])) == 1
+
+
+def test_training_that_diverges_stops_at_once_and_saves_nothing(captions_csv, tmp_path):
+    cfg = TrainConfig(dataset_path=captions_csv, epochs=2, **TINY)
+    # Refused by the settings today (weight_decay <= 1), but an older job or a bench script
+    # can still hand it over: the trainer is the last line, and never saves NaN.
+    wild = cfg.model_copy(update={"weight_decay": 1e308})
+    with pytest.raises(TrainingError, match=r"diverged in epoch 1: the loss or the weights"):
+        train(wild, tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    rare = cfg.model_copy(update={"vocab_threshold": 10_000})
+    with pytest.raises(TrainingError, match="vocab_threshold = 10000 keeps no word"):
+        train(rare, tmp_path / "rare")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .config import DecodeConfig
-from .core.csvsafe import safe_row
+from .core.csvsafe import safe_row, tsv_cell
 from .core.errors import BundleError, NoClassHead
 from .data.vocab import Vocabulary
 from .decoders.neighbours import pooled
@@ -89,7 +89,7 @@ ROW_FORMATS = ("tsv", "csv", "jsonl")
 
 def format_row(fmt: str, image: str | Path, d: Description) -> str:
     """One output line for image `image` and its Description (file names are user input: CSV
-    cells are made formula-safe)."""
+    cells are made formula-safe, TSV cells escape tab, newline, CR and backslash)."""
     if fmt == "jsonl":
         row = {"image": str(image), **d.to_dict()}
         row.pop("alternatives", None)
@@ -99,8 +99,8 @@ def format_row(fmt: str, image: str | Path, d: Description) -> str:
         buf = io.StringIO()
         csv.writer(buf).writerow(safe_row(cells))
         return buf.getvalue()
-    if fmt == "tsv":
-        return "\t".join(cells) + "\n"
+    if fmt == "tsv":  # no quoting in TSV: a tab or newline in a file name would split the row
+        return "\t".join(map(tsv_cell, cells)) + "\n"
     raise ValueError(f"unknown row format {fmt!r}; choose one of {', '.join(ROW_FORMATS)}")
 
 

@@ -6,6 +6,7 @@ torch."""
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -16,9 +17,11 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from .core.errors import ConfigError, validation_message
 from .decoders.registry import DECODERS
@@ -32,7 +35,9 @@ DatasetFormat = Literal["flickr8k", "coco", "karpathy", "captions"]
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No infinity or NaN anywhere: JSON cannot hold them (a job's saved settings would read
+    # back as null) and no recipe needs them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # data
     dataset_format: DatasetFormat = Field(
@@ -78,7 +83,9 @@ class TrainConfig(BaseModel):
     )
     # the seed's knobs
     batch_size: int = Field(64, ge=1, le=4096, description="captions per training step")
-    vocab_threshold: int = Field(8, ge=1, description="keep words seen at least this often")
+    vocab_threshold: int = Field(
+        8, ge=1, le=10_000, description="keep words seen at least this often"
+    )
     embed_size: int = Field(256, ge=8, le=4096, description="word/image embedding size")
     hidden_size: int = Field(512, ge=8, le=4096, description="LSTM hidden size")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="peak Adam learning rate")
@@ -86,9 +93,11 @@ class TrainConfig(BaseModel):
     # the rest of the recipe
     num_layers: int = Field(1, ge=1, le=4, description="LSTM layers")
     dropout: float = Field(0.3, ge=0, lt=1, description="dropout on inputs and outputs")
-    grad_clip: float = Field(5.0, gt=0, description="clip gradient norm to this")
+    grad_clip: float = Field(5.0, gt=0, le=1000, description="clip gradient norm to this")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    # At most 1: with learning_rate <= 1 a step never shrinks a weight past zero (the decay
+    # flips signs and grows without bound beyond that).
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay")
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="learning-rate schedule after a one-epoch linear warm-up"
     )
@@ -141,6 +150,21 @@ class TrainConfig(BaseModel):
             return nest_decoding(data)
         return data
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_number(cls, value: object, info: ValidationInfo) -> object:
+        # pydantic's own words for 1e308 in a whole-number field are "unable to parse input
+        # string"; say what to give instead.
+        field = cls.model_fields[info.field_name]
+        if (
+            field.annotation is int
+            and isinstance(value, float)
+            and not (math.isfinite(value) and abs(value) < 2**53)
+        ):
+            low, high = _bounds(field)
+            raise ValueError(f"{value!r} is out of range: give a whole number from {low} to {high}")
+        return value
+
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, value: str) -> str:
@@ -192,6 +216,15 @@ class TrainConfig(BaseModel):
             for k, v in dump.items()
             if k not in _LATER or v != TrainConfig.model_fields[k].default
         }
+
+
+def _bounds(info: FieldInfo) -> tuple[object, object]:
+    """A numeric field's (lowest, highest) allowed values, from its ge/gt/le/lt limits."""
+    low = high = None
+    for m in info.metadata:
+        low = getattr(m, "ge", None) if getattr(m, "ge", None) is not None else low
+        high = getattr(m, "le", None) if getattr(m, "le", None) is not None else high
+    return low, high
 
 
 def nest_decoding(data: dict) -> dict:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from .common import add_decode_flags, decode_overrides, positive_int
-from .inputs import IMAGE_SUFFIXES, find_images
+from .inputs import IMAGE_SUFFIXES, find_images, is_folder
 from .outputs import Metadata, images_in, incremental, output_format
 
 if TYPE_CHECKING:  # the api imports torch: only when captioning
@@ -55,7 +58,7 @@ def _add_output_flags(c: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="write the results to FILE instead of stdout, rows as they are produced "
-        "(Ctrl-C keeps those done so far); the format comes from its extension "
+        "(Ctrl-C or SIGTERM keeps those done so far); the format comes from its extension "
         "(.tsv, .csv, .jsonl) unless --format is given",
     )
     c.add_argument(
@@ -126,16 +129,43 @@ def cmd_caption(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     run.failed = len(problems)
     bar = tqdm(total=len(run.todo), unit="image", file=sys.stderr, disable=not sys.stderr.isatty())
+    term = _Caught()
     try:
-        run.caption_all(bar)
+        with _sigterm_as_interrupt(term):
+            run.caption_all(bar)
     except KeyboardInterrupt:
         bar.close()
-        print("interrupted" + run.kept(), file=sys.stderr)
-        return 130
+        print(("terminated" if term.caught else "interrupted") + run.kept(), file=sys.stderr)
+        return 128 + signal.SIGTERM if term.caught else 130  # 143, as if killed; else Ctrl-C's
     bar.close()
     if out:
         print(f"wrote {run.rows} captions to {out}", file=sys.stderr)
     return 1 if run.failed else 0
+
+
+class _Caught:
+    caught = False  # a SIGTERM arrived
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(term: _Caught) -> Iterator[None]:
+    """SIGTERM (kill, systemd, docker stop) stops the run the way Ctrl-C does, so the rows so
+    far are kept; `term.caught` tells which one it was. Off the main thread signals cannot be
+    handled: there it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        if not term.caught:  # a second one must not cut short the saving of the first
+            term.caught = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _say(line: str, file: IO[str] | None = None) -> None:
@@ -173,13 +203,13 @@ class _Run:
         """Which images to caption: all of them, or with --skip-existing those some output
         still lacks."""
         # Where each image's metadata.jsonl lives: the folder it was found in, else its own.
-        folders = [Path(p) for p in args.paths if Path(p).is_dir()]
+        folders = [Path(p) for p in args.paths if is_folder(Path(p))]
         root_of = {
             im: next((f for f in folders if im.is_relative_to(f)), im.parent) for im in images
         }
         metas = {r: Metadata(r) for r in dict.fromkeys(root_of.values())} if args.metadata else {}
         resuming = bool(args.skip_existing and out and out.is_file())
-        in_out = images_in(out, fmt) if resuming else set()
+        in_out = images_in(out, fmt, flag) if resuming else set()
 
         def missing(im: Path) -> dict[str, bool]:
             """Which outputs still lack this image (all of them without --skip-existing)."""

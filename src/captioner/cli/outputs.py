@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 from ..core.atomic import atomic_write
-from ..core.csvsafe import safe_cell
+from ..core.csvsafe import safe_cell, tsv_text
 from ..core.errors import ConfigError
 
 OUTPUT_FORMATS = {
@@ -56,23 +57,67 @@ def incremental(path: Path, flag: str, keep: Callable[[], bool]) -> Iterator[IO[
         raise kept.interrupt from None
 
 
-def images_in(path: Path, fmt: str) -> set[Path]:
-    """The images an earlier --out file already has (for --skip-existing), resolved."""
+def read_lines(path: Path, flag: str) -> list[str]:
+    """The lines of an earlier output, line ends kept, or a one-line ConfigError naming the
+    first line that is not UTF-8: such a file was not written by this command. (Only --out
+    can name another file: metadata.jsonl has its name.)"""
+    elsewhere = ", or choose another file" if flag != "--metadata" else ""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {path}: cannot read it ({exc.strerror}); allow reading it{elsewhere}"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{flag} {path}: line {line} is not UTF-8 text, so it is no output of this command; "
+            f"fix or remove that line{elsewhere} (it was left as it is)"
+        ) from None
+    # Split on \n and \r only, as csv does: a row may hold other Unicode line separators.
+    return list(io.StringIO(text, newline=""))
+
+
+def images_in(path: Path, fmt: str, flag: str = "--out") -> set[Path]:
+    """The images an earlier --out file already has (for --skip-existing), resolved. A file
+    this command cannot have written is a one-line ConfigError naming the line."""
+    lines = read_lines(path, flag)
+
+    def bad(lineno: int, expected: str) -> ConfigError:
+        return ConfigError(
+            f"{flag} {path}: line {lineno} is not {expected}, so the file is no {fmt} output "
+            "of this command; fix or remove that line, or choose another file (it was left as "
+            "it is)"
+        )
+
     found: set[str] = set()
-    with path.open(newline="", encoding="utf-8") as fh:
-        if fmt == "csv":
-            rows = csv.reader(fh)
-            next(rows, None)  # the header
-            found = {r[0] for r in rows if r}
-        elif fmt == "tsv":
-            found = {line.split("\t", 1)[0] for line in fh if line.strip()}
-        else:
-            for line in fh:
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    found.add(json.loads(line)["image"])
+    if fmt == "csv":
+        reader = csv.reader(lines)
+        try:
+            rows = list(reader)
+        except csv.Error:
+            raise bad(reader.line_num, "a CSV row") from None
+        if rows and rows[0][:1] != ["image"]:
+            raise bad(1, "the header image,caption,confidence,tags")
+        found = {r[0] for r in rows[1:] if r}
+    elif fmt == "tsv":  # cells are escaped (tsv_cell): a file name may hold a tab or newline
+        found = {tsv_text(ln.split("\t", 1)[0].rstrip("\r\n")) for ln in lines if ln.strip()}
+    else:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                image = json.loads(line).get("image")
+            except (ValueError, AttributeError, RecursionError):  # not JSON, or not an object
+                image = None
+            if not isinstance(image, str) or not image:
+                raise bad(lineno, 'a JSON object with an "image" file name')
+            found.add(image)
     # A CSV cell may carry safe_cell's apostrophe: match the name either way.
     names = found | {n[1:] for n in found if n.startswith("'") and safe_cell(n[1:]) == n}
-    return {Path(n).resolve() for n in names}
+    return {Path(n).resolve() for n in names if "\0" not in n}  # no file name holds a NUL
 
 
 class Metadata:
@@ -85,10 +130,26 @@ class Metadata:
         self.root, self.path = root, root / "metadata.jsonl"
         self.old: dict[str, str] = {}  # file_name -> its line, in file order
         if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    self.old[str(json.loads(line)["file_name"])] = line
+            self._read()
         self.fh: IO[str] | None = None
+
+    def _read(self) -> None:
+        """The entries already there. The file is rewritten, so a line that cannot be kept as
+        it is stops the run rather than being dropped."""
+        for lineno, line in enumerate(read_lines(self.path, "--metadata"), 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                name = json.loads(line).get("file_name")
+            except (ValueError, AttributeError, RecursionError):  # not JSON, or not an object
+                name = None
+            if not isinstance(name, str) or not name:
+                raise ConfigError(
+                    f"--metadata {self.path}: line {lineno} is not an ImageFolder entry (a JSON "
+                    'object with a "file_name"); fix or remove that line (it was left as it is)'
+                )
+            self.old[name] = line
 
     def name(self, image: Path) -> str:
         return image.relative_to(self.root).as_posix()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from .common import positive_int
@@ -54,6 +55,22 @@ def _add_server_flags(s: argparse.ArgumentParser) -> None:
         default=256.0,
         help="largest request body, all photos together (256 MB)",
     )
+    s.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=512,
+        metavar="N",
+        help="open connections at once; requests past it are answered 503 so file "
+        "descriptors never run out (default 512)",
+    )
+    s.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request body that stops arriving for this long is answered 408 and dropped "
+        "(default 30)",
+    )
 
 
 def _add_access_flags(s: argparse.ArgumentParser) -> None:
@@ -84,12 +101,33 @@ def _add_access_flags(s: argparse.ArgumentParser) -> None:
         help="training jobs that run at once; more wait queued (default 1)",
     )
     s.add_argument(
+        "--max-queued",
+        type=positive_int,
+        default=20,
+        help="training jobs that may wait for a slot; more are refused with 429 (default 20)",
+    )
+    s.add_argument(
+        "--max-loaded-models",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="models kept loaded for captioning, least recently used dropped first; the "
+        "default model always stays (50-100 MB each; default 4)",
+    )
+    s.add_argument(
         "--rate-limit",
         type=float,
         default=120.0,
         metavar="PER_MIN",
         help="photos per minute per client address, in bursts of up to max(PER_MIN, 100); "
         "loopback clients are exempt; 0 turns it off (default 120)",
+    )
+    s.add_argument(
+        "--trusted-proxy",
+        action="append",
+        metavar="ADDR",
+        help="a reverse proxy (IP address or network) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed (repeatable); from anyone else they are ignored",
     )
     s.add_argument(
         "--insecure",
@@ -121,9 +159,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if not exposure.ok:
         raise ConfigError(exposure.message)
-    from ..vision.images import pixel_limit
+    from ..vision.limits import decode_limit, pixel_limit
 
-    pixel_limit()  # a bad CAPTIONER_MAX_PIXELS fails at start, not on every upload
+    pixel_limit()  # a bad CAPTIONER_MAX_PIXELS (or _MAX_DECODE_MB) fails at start, not per upload
+    decode_limit()
     settings = ServerSettings(
         model=args.model,
         allow_training=not args.disable_training,
@@ -136,6 +175,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_mb=args.max_request_mb,
         rate_limit=args.rate_limit,
         max_jobs=args.max_jobs,
+        max_queued=args.max_queued,
+        max_loaded_models=args.max_loaded_models,
+        trusted_proxies=args.trusted_proxy or [],
+        body_timeout=args.body_timeout,
     )
     if args.state_dir:
         settings.state_dir = args.state_dir
@@ -145,5 +188,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(exposure.message, flush=True)
     if args.open:
         threading.Timer(1.5, webbrowser.open, (url,)).start()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # proxy_headers=False: Uvicorn would believe X-Forwarded-For from any loopback peer; the
+    # app believes it from --trusted-proxy only (security.forwarded).
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        proxy_headers=False,
+        limit_concurrency=_connection_cap(args.max_connections),
+        timeout_keep_alive=5,  # an idle kept-alive connection is closed after 5 s
+    )
     return 0
+
+
+def _connection_cap(wanted: int) -> int:
+    """`wanted`, with room for it under the open-file limit (raised to fit where allowed):
+    each connection is a file descriptor, and models, jobs and logs need ~256 more."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = wanted + 256
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    cap = max(16, soft - 256)
+    print(f"connections capped at {cap}: the open-file limit is {soft} (raise it: ulimit -n)")
+    return cap
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 1 day")
+    return value

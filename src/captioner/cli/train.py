@@ -37,13 +37,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..config import make_config, setting_names
+    from ..core.errors import ConfigError
     from ..core.progress import ConsoleReporter, silent
-    from ..training.trainer import train
+    from ..serving.jobs.process import RunLock
 
     overrides = {k: getattr(args, k, None) for k in setting_names()}
     cfg = make_config(args.config, args.preset, **overrides)
+    # The server's workers hold the same lock: a run folder has one writer, or its checkpoint
+    # and metrics.jsonl get two runs' epochs mixed. A held lock is a one-line TrainingError.
+    try:
+        lock = RunLock(Path(args.out))
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {args.out}: cannot use it as a run folder ({exc.strerror}); choose a folder "
+            "that can be written"
+        ) from None
     t0 = time.time()
-    with ConsoleReporter() as progress:
-        path = train(cfg, Path(args.out), report=silent if args.quiet else progress)
+    try:
+        from ..training.trainer import train  # torch: seconds, after the checks that are quick
+
+        with ConsoleReporter() as progress:
+            path = train(cfg, Path(args.out), report=silent if args.quiet else progress)
+    finally:
+        lock.release()
     print(f"model saved to {path} ({(time.time() - t0) / 60:.1f} min)")
     return 0

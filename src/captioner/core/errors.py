@@ -58,8 +58,19 @@ class DataPathError(CaptionerError, PermissionError):
 
 
 class ImageTooLarge(ImageError):
-    """An image has more pixels than the decoding limit (CAPTIONER_MAX_PIXELS); checked from
-    the file's header, before anything is decoded."""
+    """An image costs more to decode than the limits allow (CAPTIONER_MAX_PIXELS, the memory
+    of a full-size decode, a slow decoder's pixel cap, CPU time); checked from the file's
+    header before anything is decoded, except CPU time."""
+
+
+class ImageFormatRefused(ImageError):
+    """A readable image in a format that is not an accepted photo format (JPEG 2000, ICO,
+    DDS...); the message lists the accepted ones."""
+
+
+class DecodeBusy(CaptionerError, RuntimeError):
+    """Images already being decoded use the whole memory budget and none was freed in time
+    (the server answers 503: retry shortly)."""
 
 
 class NoClassHead(CaptionerError, LookupError):

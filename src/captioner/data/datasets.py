@@ -21,10 +21,11 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import DatasetError
+from ..core.errors import CaptionerError, DataPathError, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,57 @@ def _group(pairs: list[tuple[Path, str]]) -> list[Record]:
     return [Record(image, tuple(caps)) for image, caps in grouped.items()]
 
 
-def _check_images(records: list[Record], source: Path, skip_missing: bool) -> list[Record]:
-    missing = [r for r in records if not r.image.is_file()]
+# Maps an image path named in a dataset file to the path to read, or raises a CaptionerError
+# when it may not be read (the server's data roots: serving.datapaths.confine).
+ConfineImage = Callable[[Path], Path]
+
+
+def _confined(records: list[Record], source: Path, confine_image: ConfineImage) -> list[Record]:
+    """Each record's image through `confine_image`, before any is looked up: an error must
+    never tell which paths outside the allowed folders exist, nor quote the file."""
+    kept, outside = [], 0
+    for r in records:
+        try:
+            kept.append(Record(confine_image(r.image), r.captions))
+        except CaptionerError:
+            outside += 1
+    if outside:
+        raise DataPathError(
+            f"{source}: {outside} of {len(records)} image paths in it are not paths inside the "
+            "data folders this server may read; a dataset file may only name images inside "
+            "them (relative to its image folder, without '..' leaving it)"
+        )
+    return kept
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False where the path cannot even be looked at (a name over 255 bytes)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _allowed(image: Path, confine_image: ConfineImage | None) -> bool:
+    """Whether `image` may be looked at (before asking whether it exists)."""
+    if confine_image is None:
+        return True
+    try:
+        confine_image(image)
+    except CaptionerError:
+        return False
+    return True
+
+
+def _check_images(
+    records: list[Record],
+    source: Path,
+    skip_missing: bool,
+    confine_image: ConfineImage | None = None,
+) -> list[Record]:
+    if confine_image is not None:
+        records = _confined(records, source, confine_image)
+    missing = [r for r in records if not _is_file(r.image)]
     if not missing:
         return records
     if skip_missing:
@@ -56,7 +106,7 @@ def _check_images(records: list[Record], source: Path, skip_missing: bool) -> li
             len(records),
             missing[0].image,
         )
-        return [r for r in records if r.image.is_file()]
+        return [r for r in records if _is_file(r.image)]
     shown = ", ".join(str(r.image) for r in missing[:3])
     raise DatasetError(
         f"{source}: {len(missing)} of {len(records)} images do not exist (e.g. {shown}). "
@@ -68,11 +118,16 @@ def _half(image_id: int) -> str:
     return "dev" if int(hashlib.sha1(str(image_id).encode()).hexdigest(), 16) % 2 == 0 else "test"
 
 
-def read_coco(root: Path, split: str = "train", skip_missing: bool = False) -> list[Record]:
+def read_coco(
+    root: Path,
+    split: str = "train",
+    skip_missing: bool = False,
+    confine_image: ConfineImage | None = None,
+) -> list[Record]:
     root = Path(root)
     if split in ("dev", "test"):  # the documented deterministic halves of val2017
         half = split
-        records = read_coco(root, "val", skip_missing)
+        records = read_coco(root, "val", skip_missing, confine_image)
         return [r for r in records if _half(int(Path(r.image).stem)) == half]
     ann = root / "annotations" / f"captions_{split}2017.json"
     if not ann.is_file():
@@ -104,10 +159,15 @@ def read_coco(root: Path, split: str = "train", skip_missing: bool = False) -> l
             "image_id/caption"
         ) from None
     pairs.sort(key=lambda p: p[0].name)  # stable order regardless of annotation order
-    return _check_images(_group(pairs), ann, skip_missing)
+    return _check_images(_group(pairs), ann, skip_missing, confine_image)
 
 
-def read_flickr8k(root: Path, split: str = "train", skip_missing: bool = False) -> list[Record]:
+def read_flickr8k(
+    root: Path,
+    split: str = "train",
+    skip_missing: bool = False,
+    confine_image: ConfineImage | None = None,
+) -> list[Record]:
     root = Path(root)
     token_file = root / "Flickr8k.token.txt"
     split_file = root / f"Flickr_8k.{split}Images.txt"
@@ -143,10 +203,15 @@ def read_flickr8k(root: Path, split: str = "train", skip_missing: bool = False) 
     if not pairs:
         raise DatasetError(f"{token_file}: no captions for the images in {split_file}")
     pairs.sort(key=lambda p: p[0].name)
-    return _check_images(_group(pairs), token_file, skip_missing)
+    return _check_images(_group(pairs), token_file, skip_missing, confine_image)
 
 
-def read_karpathy(root: Path, split: str = "train", skip_missing: bool = False) -> list[Record]:
+def read_karpathy(
+    root: Path,
+    split: str = "train",
+    skip_missing: bool = False,
+    confine_image: ConfineImage | None = None,
+) -> list[Record]:
     """Karpathy's dataset_coco.json. Images are looked up under their 2014 path first
     (filepath/filename), then by COCO id in the 2017 folders, so either download works."""
     root = Path(root)
@@ -179,7 +244,7 @@ def read_karpathy(root: Path, split: str = "train", skip_missing: bool = False) 
             old = root / img.get("filepath", "") / img["filename"]
             image = (
                 old
-                if old.is_file()
+                if _allowed(old, confine_image) and _is_file(old)
                 else next(
                     (
                         d / f"{int(img['cocoid']):012d}.jpg"
@@ -198,7 +263,7 @@ def read_karpathy(root: Path, split: str = "train", skip_missing: bool = False) 
             f"{path}: not a Karpathy split file (bad or missing field {exc})"
         ) from None
     records.sort(key=lambda r: r.image.name)
-    return _check_images(records, path, skip_missing)
+    return _check_images(records, path, skip_missing, confine_image)
 
 
 def _hash_split(name: str) -> str:
@@ -206,39 +271,22 @@ def _hash_split(name: str) -> str:
 
 
 def read_captions_file(
-    path: Path, split: str | None = None, images: Path | None = None, skip_missing: bool = False
+    path: Path,
+    split: str | None = None,
+    images: Path | None = None,
+    skip_missing: bool = False,
+    confine_image: ConfineImage | None = None,
 ) -> list[Record]:
+    """Errors name the file and line but never quote it: a server job's error is shown to a
+    web user, and the file may be anything (a link to /etc/passwd named .csv)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path} not found")
     image_dir = Path(images) if images else path.parent
-    rows: list[tuple[int, dict]] = []
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = set(reader.fieldnames or [])
-            if not {"image", "caption"} <= cols:
-                raise DatasetError(
-                    f"{path}:1: header must include 'image' and 'caption' "
-                    f"columns (found: {', '.join(sorted(cols)) or 'none'})"
-                )
-            rows = [(i, row) for i, row in enumerate(reader, 2)]
-    elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{i}: expected an object with image and caption")
-            rows.append((i, row))
-    else:
-        raise DatasetError(
-            f"{path}: unsupported captions file type {path.suffix!r}; "
-            "use .csv or .jsonl with image,caption columns"
-        )
+    try:
+        rows = _caption_rows(path)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     pairs = []
     for lineno, row in rows:
         image, caption = row.get("image"), row.get("caption")
@@ -251,7 +299,43 @@ def read_captions_file(
             pairs.append((image_dir / image.strip(), caption.strip()))
     if not pairs:
         raise DatasetError(f"{path}: no captions" + (f" in split {split!r}" if split else ""))
-    return _check_images(_group(pairs), path, skip_missing)
+    return _check_images(_group(pairs), path, skip_missing, confine_image)
+
+
+def _caption_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) for each row of a captions CSV or JSONL file."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            try:
+                if not {"image", "caption"} <= set(reader.fieldnames or []):
+                    raise DatasetError(
+                        f"{path}:1: expected a header row with columns image,caption (and "
+                        "optionally split)"
+                    )
+                return [(reader.line_num, row) for row in reader]
+            except csv.Error:  # e.g. a field over csv's size limit: not a captions file
+                raise DatasetError(
+                    f"{path}:{reader.reader.line_num}: not a CSV row; expected columns "
+                    "image,caption"
+                ) from None
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{i}: expected an object with image and caption")
+            rows.append((i, row))
+        return rows
+    raise DatasetError(
+        f"{path}: unsupported captions file type {path.suffix!r}; "
+        "use .csv or .jsonl with image,caption columns"
+    )
 
 
 def load_dataset(
@@ -260,14 +344,18 @@ def load_dataset(
     split: str = "train",
     images: Path | None = None,
     skip_missing: bool = False,
+    confine_image: ConfineImage | None = None,
 ) -> list[Record]:
-    """Read a dataset split in any supported format."""
-    if fmt == "coco":
-        return read_coco(Path(path), split, skip_missing)
-    if fmt == "karpathy":
-        return read_karpathy(Path(path), split, skip_missing)
-    if fmt == "flickr8k":
-        return read_flickr8k(Path(path), split, skip_missing)
-    if fmt == "captions":
-        return read_captions_file(Path(path), split, images, skip_missing)
-    raise DatasetError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    """Read a dataset split in any supported format. `confine_image` (None: any path) maps
+    each image path the dataset names to the path to read, or refuses it with a
+    CaptionerError; the server confines every image to its data roots this way."""
+    kw = {"skip_missing": skip_missing, "confine_image": confine_image}
+    readers = {"coco": read_coco, "karpathy": read_karpathy, "flickr8k": read_flickr8k}
+    if fmt not in (*readers, "captions"):
+        raise DatasetError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    try:
+        if fmt == "captions":
+            return read_captions_file(Path(path), split, images, **kw)
+        return readers[fmt](Path(path), split, **kw)
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: a file of this {fmt} dataset is not UTF-8 text") from None

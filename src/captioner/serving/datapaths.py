@@ -1,7 +1,8 @@
 """Paths a web user types are confined to the server's data roots (`serve --data-root`).
 
 Every path field of the training settings (`dataset_path`, `images`, and any `Path` field added
-later; only `cache_dir` is the server's own) goes through `confine`:
+later; only `cache_dir` is the server's own) goes through `confine`, and so does every image
+path the dataset file names (`confine_dataset_images`):
 
 - a relative path is read relative to a data root (the first root where it exists);
 - the path is normalised lexically (``a/../b`` -> ``b``) and must then lie inside a root;
@@ -28,9 +29,22 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ..core.errors import ConfigError, DataPathError
+from ..data.datasets import load_dataset
 
-__all__ = ["DataPathError", "absolute_roots", "confine", "confine_paths", "path_fields"]
+if typing.TYPE_CHECKING:
+    from ..config import TrainConfig
+
+__all__ = [
+    "DataPathError",
+    "absolute_roots",
+    "confine",
+    "confine_dataset_images",
+    "confine_paths",
+    "path_fields",
+]
 SERVER_PATHS = frozenset({"cache_dir"})  # set by the server, never by a user
+# Longer names make every lookup fail with "File name too long": refused up front, in words.
+NAME_MAX, PATH_MAX = 255, 4096  # bytes (Linux)
 
 
 def _normal(path: str | os.PathLike) -> Path:
@@ -87,6 +101,7 @@ def confine(value: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Pat
             f"{text!r} has a part that is only spaces; remove them and give a path inside "
             f"{describe_roots(roots)}"
         )
+    _check_length(text)
     lexical = absolute_roots(roots)
     # A root may itself be a link (data -> /mnt/data): its real location is the same folder.
     bases = lexical + [Path(os.path.realpath(r)) for r in lexical]
@@ -107,7 +122,7 @@ def confine(value: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Pat
         near = [
             _normal(r / rel)
             for r in lexical
-            if given.is_absolute() and rel and _inside(_normal(r / rel), r) and (r / rel).exists()
+            if given.is_absolute() and rel and _inside(_normal(r / rel), r) and _exists(r / rel)
         ]
         hint = f" (did you mean '{rel}', i.e. {near[0]}?)" if near else ""
         raise DataPathError(
@@ -118,7 +133,27 @@ def confine(value: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> Pat
             "folder on the server (ln -s /path/to/flickr8k "
             f"{lexical[0]}/) or start the server with another --data-root."
         )
-    return next((c for c in inside if c.exists()), inside[0])
+    return next((c for c in inside if _exists(c)), inside[0])
+
+
+def _exists(path: Path) -> bool:
+    # os.path.exists answers False where Path.exists raises (a folder that cannot be searched).
+    return os.path.exists(path)
+
+
+def _check_length(text: str) -> None:
+    """ConfigError (a 422) for a path the file system could never hold."""
+    longest = max(Path(text).parts, key=lambda part: len(os.fsencode(part)), default="")
+    if len(os.fsencode(longest)) > NAME_MAX:
+        raise ConfigError(
+            f"the name {longest[:24]!r}... is {len(os.fsencode(longest))} bytes long; a file or "
+            f"folder name has at most {NAME_MAX}: give the dataset's real path"
+        )
+    if len(os.fsencode(text)) > PATH_MAX:
+        raise ConfigError(
+            f"the path is {len(os.fsencode(text))} bytes long; paths have at most {PATH_MAX}: "
+            "give the dataset's real path"
+        )
 
 
 def root_links(root: Path) -> list[Path]:
@@ -147,15 +182,20 @@ def confine_paths(data: dict, fields: Sequence[str], roots: Sequence[Path]) -> d
     for name in fields:
         if out.get(name) is None:
             continue
-        path = confine(out[name], roots)
-        broken = next((p for p in [path, *path.parents] if p.is_symlink() and not p.exists()), None)
+        try:
+            path = confine(out[name], roots)
+        except ConfigError as exc:  # DataPathError is not one: it stays a 403
+            raise ConfigError(f"{name}: {exc}") from None
+        broken = next(
+            (p for p in [path, *path.parents] if os.path.islink(p) and not _exists(p)), None
+        )
         if broken is not None:
             raise ConfigError(
                 f"{name}: {out[name]} is read through the link {broken}, which points to "
                 f"{os.readlink(broken)}: that does not exist on the server (re-create the "
                 "link with the dataset's real location)"
             )
-        if not path.exists():
+        if not _exists(path):
             raise ConfigError(
                 f"{name}: {out[name]} does not exist (looked for {path}; paths are read "
                 f"relative to the data folders: {describe_roots(roots)}; GET /api/datasets "
@@ -163,3 +203,18 @@ def confine_paths(data: dict, fields: Sequence[str], roots: Sequence[Path]) -> d
             )
         out[name] = path
     return out
+
+
+def confine_dataset_images(cfg: TrainConfig, roots: Sequence[Path]) -> None:
+    """The images a job's dataset file names are paths too: each must lie inside a data root
+    (DataPathError, quoting none of them; checked before any is looked up, so the answer never
+    tells which files outside exist). Reads the dataset as the job will (DatasetError)."""
+    for split in dict.fromkeys((cfg.train_split, cfg.dev_split)):
+        load_dataset(
+            cfg.dataset_format,
+            cfg.dataset_path,
+            split,
+            cfg.images,
+            skip_missing=cfg.skip_missing,
+            confine_image=lambda image: confine(image, roots),
+        )

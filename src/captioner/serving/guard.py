@@ -1,6 +1,8 @@
 """Access declared per route, and the one ASGI middleware (`Guard`) that enforces it before
-routing: Host (421), cross-origin state changes (403), token (401, or a redirect to /login for
-a page), content type (415), body caps (413), the caption rate limit (429), JSON depth (400).
+routing: the client address a trusted proxy reports (`--trusted-proxy`), Host (421),
+cross-origin state changes (403), token (401, or a redirect to /login for a page; a wrong Bearer
+token counts as a failed sign-in, 429 past the login limit), content type (415), body caps (413),
+the caption rate limit (429), JSON depth (400).
 
 A route states its own rules where it is defined, e.g.::
 
@@ -15,6 +17,7 @@ route matches gets the default: token, JSON body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -34,10 +37,18 @@ from .security import (
     client_host,
     cross_origin,
     disk_full,
+    forwarded,
 )
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 MAX_JSON_DEPTH = 32
+# A body that stops arriving for this long is answered 408 and its connection dropped: half-sent
+# uploads would otherwise hold a connection (and a file descriptor) each, for good.
+BODY_TIMEOUT_S = 30.0
+# Photo uploads handled at once (received, decoded or captioned); more are answered 503 before
+# their body is read, so slow or stalled uploads cannot take every connection from /healthz.
+MAX_UPLOADS = 64
+_UPLOAD = "captioner.upload"  # scope key: this request holds an upload slot
 
 T = TypeVar("T")
 
@@ -122,15 +133,26 @@ class Guard:
     """ASGI middleware that applies a Policy and each route's Access to every HTTP request
     before routing."""
 
-    def __init__(self, app: ASGIApp, policy: Policy, router: Router) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        policy: Policy,
+        router: Router,
+        body_timeout: float = BODY_TIMEOUT_S,
+        max_uploads: int = MAX_UPLOADS,
+    ) -> None:
         self.app = app
         self.policy = policy
         self.router = router
+        self.body_timeout = body_timeout
+        self.max_uploads = max_uploads
+        self.uploads = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = forwarded(scope, self.policy.proxies)  # every rule sees the real client
         started = False
 
         async def send_tracked(message: Message) -> None:
@@ -153,6 +175,9 @@ class Guard:
             if started or not disk_full(exc):
                 raise
             await JSONResponse({"detail": DISK_FULL_DETAIL}, 507)(scope, receive, send)
+        finally:
+            if scope.pop(_UPLOAD, False):
+                self.uploads -= 1
 
     async def _check(self, scope: Scope, receive: Receive) -> tuple[Refusal | None, Receive]:
         """(a refusal or None, the receive callable the app must then use)."""
@@ -180,7 +205,15 @@ class Guard:
                 "pages, or from a script or curl (no Origin header)",
             )
         needs_token = access.auth is not Auth.OPEN and not (access.public and p.public_captioning)
+        # A Bearer token is a sign-in attempt: limited like the login form, and checked for the
+        # limit first, so a guess past it learns nothing (not even a right guess).
+        bearer = bool(p.token) and needs_token and "authorization" in headers
+        client = client_host(scope)
+        if bearer and (refusal := p.over_limit(client, bucket="login", take=False)):
+            return refusal
         if needs_token and not p.authorized(headers):
+            if bearer:
+                p.over_limit(client, bucket="login")  # one failed try
             if access.auth is Auth.PAGE and method in SAFE_METHODS:
                 return Refusal(303, location=f"/login?next={quote(path)}")
             return Refusal(
@@ -230,12 +263,26 @@ class Guard:
             return Refusal(400, "Content-Length is not a number"), receive
         if access.captioning and (refusal := p.over_limit(client_host(scope), take=False)):
             return refusal, receive
+        if access.body is Body.MULTIPART and has_body:
+            if self.uploads >= self.max_uploads:
+                busy = f"{self.max_uploads} uploads are being handled; retry in a few seconds"
+                return Refusal(503, busy, {"Retry-After": "5"}), receive
+            self.uploads += 1
+            scope[_UPLOAD] = True  # given back when the request ends (__call__)
 
         received = 0
+        timeout = self.body_timeout
 
         async def counted() -> Message:
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                raise HTTPException(
+                    408,
+                    f"the request body stopped arriving (nothing for {timeout:g} s); "
+                    "send it again in one go",
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

@@ -3,8 +3,16 @@
 loading them once and keeping them. Raises the project's errors (the server maps them to HTTP
 answers) and reads bundles only through storage.bundle.
 
-One bad model folder never breaks the service: it is listed as broken with its error, and a
-default that cannot be loaded falls back to the bundled model (with a logged warning)."""
+One bad model folder never breaks the service: it is listed as broken with its error (its config
+and tensor shapes are checked when it is listed, the whole bundle when it is loaded: see
+storage.bundle), a default that cannot be loaded falls back to the bundled model (with one logged
+warning), and a failed load is remembered until the folder changes, never retried per request.
+
+Loaded models are kept in a small LRU (`max_loaded`, the default model and its fallback never
+evicted): each costs 50-100 MB, and anyone who may caption can name any model.
+
+Errors that reach a request name no absolute server path (`public`): the folders are given as
+the model's id, e.g. "models/<id>/config.json"; the server log has the full message."""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import logging
 import re
 import shutil
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from ..api import Captioner, default_model_path
@@ -25,17 +34,30 @@ log = logging.getLogger(__name__)
 
 BUNDLED_ID = "bundled"
 CLI_ID = "custom"  # the model given with `serve --model`
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Whole-string match (fullmatch): with `$`, "evil\n" would pass.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_LOADED = 4  # models kept loaded (LRU), the default included
+
+
+def valid_id(model_id: str) -> bool:
+    return _ID.fullmatch(model_id) is not None
 
 
 class ModelStore:
-    """Lazily loaded, then kept: one Captioner per model id."""
+    """Lazily loaded, then kept (the `max_loaded` most recently used): one Captioner per id."""
 
-    def __init__(self, models_dir: Path, prefs: Path, startup_model: Path | None = None) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        prefs: Path,
+        startup_model: Path | None = None,
+        max_loaded: int = MAX_LOADED,
+    ) -> None:
         self.dir = Path(models_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prefs = Path(prefs)
-        self.loaded: dict[str, Captioner] = {}
+        self.max_loaded = max(1, max_loaded)
+        self.loaded: OrderedDict[str, Captioner] = OrderedDict()  # least recently used first
         # Load failures, so a broken folder is not re-read on every request; keyed by model id
         # with the folder's signature (a replaced or repaired folder is tried again).
         self.failed: dict[str, tuple[tuple, str]] = {}
@@ -52,7 +74,7 @@ class ModelStore:
         if model_id in self.fixed:
             return self.fixed[model_id]
         p = self.dir / model_id
-        if not _ID.match(model_id) or not (p / "config.json").is_file():
+        if not valid_id(model_id) or not (p / "config.json").is_file():
             raise ModelNotFound(f"no model {model_id!r}; GET /api/models lists them")
         return p
 
@@ -62,7 +84,7 @@ class ModelStore:
                 p.name
                 for p in self.dir.iterdir()
                 if p.is_dir()
-                and _ID.match(p.name)
+                and valid_id(p.name)
                 and p.name not in self.fixed
                 and (p / "config.json").is_file()
             )
@@ -98,14 +120,9 @@ class ModelStore:
         chosen = self.default()
         try:
             return chosen, self._load(chosen)
-        except (CaptionerError, OSError) as exc:
+        except CaptionerError:  # logged once, when the load failed
             if chosen == BUNDLED_ID:
                 raise
-            log.warning(
-                "default model %r cannot be loaded, captioning with the bundled model: %s",
-                chosen,
-                exc,
-            )
             return BUNDLED_ID, self._load(BUNDLED_ID)
 
     def _signature(self, path: Path) -> tuple:
@@ -117,34 +134,69 @@ class ModelStore:
             return ()
 
     def _load(self, model_id: str) -> Captioner:
+        """The loaded model, or BundleError (a path-free message). A failure is remembered with
+        the folder's signature: the same broken folder is never loaded twice."""
         path = self.path(model_id)
         with self.lock:
             if model_id in self.loaded:
+                self.loaded.move_to_end(model_id)
                 return self.loaded[model_id]
             signature = self._signature(path)
             failed = self.failed.get(model_id)
             if failed is not None and failed[0] == signature:
-                raise BundleError(failed[1])
+                raise BundleError(self.public(failed[1]))
             try:
-                self.loaded[model_id] = Captioner.load(path)
-            except (CaptionerError, OSError) as exc:
-                message = f"model {model_id} cannot be loaded: {exc}"
+                cap = Captioner.load(path)
+            except Exception as exc:  # whatever breaks, one bad folder must not break serving
+                reason = str(exc) if isinstance(exc, CaptionerError | OSError) else repr(exc)
+                message = f"model {model_id} cannot be loaded: {reason}"
                 self.failed[model_id] = (signature, message)
-                raise BundleError(message) from None
+                log.warning("%s%s", message, self._fallback_note(model_id))
+                raise BundleError(self.public(message)) from None
             self.failed.pop(model_id, None)
-            return self.loaded[model_id]
+            self.loaded[model_id] = cap
+            self._evict()
+            return cap
+
+    def _fallback_note(self, model_id: str) -> str:
+        if model_id == self.default() and model_id != BUNDLED_ID:
+            return "; it is the default: captioning with the bundled model instead"
+        return ""
+
+    def _evict(self) -> None:
+        """Drop the least recently used models past `max_loaded`, never the default (nor the
+        bundled model while it stands in for a broken default). A request still captioning with
+        a dropped model keeps it until it is done."""
+        chosen = self.default()
+        kept = {chosen, BUNDLED_ID} if chosen in self.failed else {chosen}
+        for model_id in list(self.loaded):
+            if len(self.loaded) <= self.max_loaded:
+                break
+            if model_id not in kept:
+                del self.loaded[model_id]
+
+    def public(self, message: str) -> str:
+        """`message` without absolute server paths: a model folder becomes its id (stored
+        models as models/<id>), for answers to anyone who has not shown the token."""
+        named = [(self.dir, "models"), *((path, i) for i, path in self.fixed.items())]
+        folders = {str(f): name for path, name in named for f in (path, path.resolve())}
+        for folder in sorted(folders, key=len, reverse=True):  # /a/b/models before /a/b
+            if Path(folder).is_absolute():  # a relative one ('m') could be any word
+                message = message.replace(folder, folders[folder])
+        return message
 
     def health(self) -> dict:
-        """Whether the default model loads (loading it if needed), for /healthz."""
+        """Whether the default model loads (loading it if needed), for the open /healthz: the
+        error names no server path."""
         chosen = self.default()
         try:
             self._load(chosen)
             return {"default_model": chosen, "default_model_ok": True, "serving_model": chosen}
-        except (CaptionerError, OSError) as exc:
+        except CaptionerError as exc:
             error = str(exc)
         try:  # what resolve() falls back to
             serving = BUNDLED_ID if chosen != BUNDLED_ID and self._load(BUNDLED_ID) else None
-        except (CaptionerError, OSError):
+        except CaptionerError:
             serving = None
         return {
             "default_model": chosen,
@@ -153,9 +205,10 @@ class ModelStore:
             "serving_model": serving,
         }
 
-    def info(self, model_id: str) -> dict:
+    def info(self, model_id: str, paths: bool = True) -> dict:
         """What the Models page shows. A model that cannot be read is listed with
-        `broken: true` and its error rather than failing the whole list."""
+        `broken: true` and its error rather than failing the whole list; paths=False gives
+        the error without server paths (`public`)."""
         path = self.path(model_id)
         base = {
             "id": model_id,
@@ -166,13 +219,14 @@ class ModelStore:
             "broken": False,
             "error": None,
         }
+        shown = (lambda m: m) if paths else self.public
         try:
-            summary = read_summary(path)
+            summary = read_summary(path)  # config schema and tensor shapes checked
         except (CaptionerError, OSError) as exc:
-            return base | {"broken": True, "error": str(exc)}
+            return base | {"broken": True, "error": shown(str(exc))}
         failed = self.failed.get(model_id)  # its weights failed to load earlier
         if failed is not None and failed[0] == self._signature(path):
-            base |= {"broken": True, "error": failed[1]}
+            base |= {"broken": True, "error": shown(failed[1])}
         cfg, metrics = summary["config"], summary["metrics"]
         train = cfg.get("train", {}) if isinstance(cfg.get("train"), dict) else {}
         return base | {
@@ -226,4 +280,6 @@ class ModelStore:
         shutil.rmtree(path)
 
     def files(self, model_id: str) -> list[Path]:
-        return sorted(f for f in self.path(model_id).iterdir() if f.is_file())
+        """The model folder's own files: a link (to /etc/shadow, say) is never followed."""
+        folder = self.path(model_id)
+        return sorted(f for f in folder.iterdir() if not f.is_symlink() and f.is_file())

@@ -13,6 +13,11 @@ Why each rule exists:
   smuggle JSON in a text/plain body.
 - Body caps are checked on Content-Length first and again on the bytes as they arrive, so a
   1 GB upload is refused before it is spooled to disk.
+- Failed sign-ins (a wrong token at /login or as `Authorization: Bearer`) are limited per client
+  address, loopback included: a page or process on this machine can guess as fast as anyone.
+- X-Forwarded-For / X-Forwarded-Proto are believed only from the proxies named with
+  `--trusted-proxy`: from anyone else they are the client's own words, and rotating them would
+  give each guess or upload a fresh rate-limit bucket.
 """
 
 from __future__ import annotations
@@ -35,8 +40,11 @@ from starlette.requests import cookie_parser
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import Scope
 
+from ..core.errors import ConfigError
+
 COOKIE = "captioner_session"
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+LOGIN_TRIES = 10  # failed sign-ins a minute per client address (and at once), loopback included
 
 
 def is_loopback(host: str) -> bool:
@@ -73,6 +81,13 @@ def check_exposure(
     public_captioning: bool = False,
 ) -> Exposure:
     """Decide whether `captioner serve` may bind `host`, and say what will be exposed."""
+    if token is not None and not token.strip():
+        # Typed tokens are stripped before they are compared, so a blank one never matches.
+        return Exposure(
+            False,
+            "the access token is blank: no one could ever sign in. Set CAPTIONER_TOKEN (or "
+            "--token) to 16 or more random characters, or leave it unset",
+        )
     if is_loopback(host):
         note = "; the token guards it" if token else "; no token needed"
         return Exposure(True, f"  only this machine can reach it{note}")
@@ -190,6 +205,47 @@ def client_host(scope: Scope) -> str:
     return (scope.get("client") or ("",))[0]
 
 
+def proxy_networks(proxies: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """`--trusted-proxy` values (addresses or networks) as networks; ConfigError names a bad one."""
+    networks = []
+    for value in proxies:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"--trusted-proxy {value!r} is not an IP address or network; give the proxy's "
+                "address as it connects to this server, e.g. 127.0.0.1 or 10.0.0.0/8"
+            ) from None
+    return networks
+
+
+def _in_networks(host: str, networks: list) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip().strip("[]"))
+    except ValueError:
+        return False
+    return any(address in n for n in networks)
+
+
+def forwarded(scope: Scope, proxies: list) -> Scope:
+    """The scope with the client address (and scheme) a trusted proxy reports: only when the
+    connection comes from one of `proxies`; the client is the nearest X-Forwarded-For hop that
+    is not itself a trusted proxy (hops further left are whatever the client wrote)."""
+    peer = client_host(scope)
+    if not proxies or not _in_networks(peer, proxies):
+        return scope
+    headers = Headers(scope=scope)
+    hops = [h.strip() for v in headers.getlist("x-forwarded-for") for h in v.split(",")]
+    client = peer
+    for hop in reversed([h for h in hops if h]):
+        client = hop
+        if not _in_networks(hop, proxies):
+            break
+    proto = headers.get("x-forwarded-proto", "").split(",")[-1].strip().lower()
+    scheme = proto if proto in ("http", "https") else scope.get("scheme", "http")
+    return {**scope, "client": (client, 0), "scheme": scheme}
+
+
 @dataclass
 class Policy:
     """The request rules a server was started with (built from ServerSettings)."""
@@ -201,9 +257,15 @@ class Policy:
     max_request_bytes: int = 256 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
     limiter: RateLimiter | None = None
+    trusted_proxies: Iterable[str] = ()  # whose X-Forwarded-For is believed
+    login_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(LOGIN_TRIES, LOGIN_TRIES)
+    )
     hosts: set[str] = field(init=False)
+    proxies: list = field(init=False)
 
     def __post_init__(self) -> None:
+        self.proxies = proxy_networks(self.trusted_proxies)
         self.hosts = {"localhost", "127.0.0.1", "::1"} | {split_host(h) for h in self.allowed_hosts}
         if self.bind_host not in ("0.0.0.0", "::", ""):
             self.hosts.add(split_host(self.bind_host))
@@ -227,21 +289,31 @@ class Policy:
         self, client: str, cost: float = 1.0, *, bucket: str = "", take: bool = True
     ) -> Refusal | None:
         """Every rate limit goes through here: take `cost` from the client's `bucket` (""
-        photos, "login:" sign-in tries), or with take=False only check that `cost` would fit;
-        a 429 refusal when it does not. Loopback clients are exempt (one person at their own
-        machine, the bench)."""
-        if self.limiter is None or is_loopback(client):
+        photos, "login" failed sign-ins), or with take=False only check that `cost` would fit;
+        a 429 refusal when it does not. Loopback clients are exempt from the photo limit (one
+        person at their own machine, the bench), never from the login limit."""
+        login = bucket == "login"
+        limiter = self.login_limiter if login else self.limiter
+        if limiter is None or (not login and is_loopback(client)):
             return None
-        key = bucket + client
-        wait = self.limiter.take(key, cost) if take else self.limiter.wait(key, cost)
+        wait = limiter.take(client, cost) if take else limiter.wait(client, cost)
         if not wait:
             return None
+        what = (
+            f"failed sign-ins (at most {LOGIN_TRIES} a minute)"
+            if login
+            else "photos (the server's --rate-limit sets how many per minute)"
+        )
         return Refusal(
             429,
-            f"too many photos from your address; try again in {wait} s "
-            "(the server's --rate-limit sets how many per minute)",
+            f"too many {what} from your address; try again in {wait} s",
             {"Retry-After": str(wait)},
         )
+
+    def shows_paths(self, headers: Headers) -> bool:
+        """Whether an answer may name absolute server paths: to a request that showed the token,
+        or, on a server without one, only when nothing but this machine can reach it."""
+        return self.authorized(headers) if self.token else is_loopback(self.bind_host)
 
     def too_large(self, limit: int) -> str:
         if limit == self.max_request_bytes:

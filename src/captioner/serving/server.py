@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -22,7 +20,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..core.errors import BundleError, CaptionerError, ConfigError, ModelNotFound, ModelProtected
-from ..core.paths import default_state_dir
 from .batcher import Batcher
 from .guard import Guard
 from .model_store import ModelStore
@@ -37,31 +34,10 @@ from .routes import (
     add_training_routes,
 )
 from .security import DISK_FULL_DETAIL, Policy, RateLimiter, disk_full
+from .settings import ServerSettings
 
 # Project errors -> HTTP status; anything else that is a CaptionerError is a 400.
 STATUS = [(ModelNotFound, 404), (ModelProtected, 403), (ConfigError, 422), (BundleError, 500)]
-
-
-@dataclass
-class ServerSettings:
-    state_dir: Path = field(default_factory=default_state_dir)
-    model: Path | None = None  # this server run's default model (the saved default is kept)
-    allow_training: bool = True
-    data_roots: list[Path] = field(default_factory=list)  # training data must live under one
-    max_upload_mb: float = 20.0
-    max_files: int = 100
-    max_jobs: int = 1  # training processes at once; more jobs wait queued
-    # Access control (security.py, guard.py). With a token, every route but
-    # captioning-when-public, /healthz, /login and static files needs it.
-    token: str | None = None
-    public_captioning: bool = False
-    host: str = "127.0.0.1"  # the address served: one of the names the server answers to
-    allowed_hosts: list[str] = field(default_factory=list)  # more names (DNS rebinding check)
-    max_request_mb: float = 256.0  # a whole request body (several photos)
-    # Photos per minute per client address (token bucket; burst = max(this, max_files)).
-    # 0 turns it off; loopback clients are exempt.
-    rate_limit: float = 120.0
-    decode_threads: int = 2  # uploads decoded off the event loop, at most this many at once
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -70,7 +46,10 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     services = Services(
         settings=settings,
         models=ModelStore(
-            settings.state_dir / "models", settings.state_dir / "settings.json", settings.model
+            settings.state_dir / "models",
+            settings.state_dir / "settings.json",
+            settings.model,
+            max_loaded=settings.max_loaded_models,
         ),
         policy=_policy(settings),
         batcher=Batcher(),
@@ -95,7 +74,13 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     )
     app.state.models = services.models
     app.state.policy = services.policy
-    app.add_middleware(Guard, policy=services.policy, router=app.router)
+    app.add_middleware(
+        Guard,
+        policy=services.policy,
+        router=app.router,
+        body_timeout=settings.body_timeout,
+        max_uploads=settings.max_uploads,
+    )
     _add_error_handlers(app)
     # Registration order is the order of /openapi.json and /docs.
     add_docs(app)
@@ -110,18 +95,24 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
 
 def _policy(settings: ServerSettings) -> Policy:
+    # Typed tokens are stripped before they are compared: the server's own must be too, and a
+    # blank one could never match.
+    token = settings.token.strip() if settings.token else None
+    if settings.token and not token:
+        raise ConfigError("the access token is blank; give 16 or more random characters")
     limiter = (
         RateLimiter(settings.rate_limit, max(settings.rate_limit, settings.max_files))
         if settings.rate_limit > 0
         else None
     )
     return Policy(
-        token=settings.token or None,
+        token=token,
         public_captioning=settings.public_captioning,
         bind_host=settings.host,
         allowed_hosts=settings.allowed_hosts,
         max_request_bytes=int(settings.max_request_mb * 1024 * 1024),
         limiter=limiter,
+        trusted_proxies=settings.trusted_proxies,
     )
 
 

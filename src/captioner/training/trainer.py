@@ -32,7 +32,7 @@ from ..core.atomic import write_text
 from ..core.errors import CheckpointError, TrainingError
 from ..core.keys import AVERAGE, prefixed, unowned, unprefixed
 from ..core.progress import Event, Reporter, silent
-from ..data.vocab import Vocabulary
+from ..data.vocab import SPECIALS, Vocabulary
 from ..decoders.base import DecoderConfig
 from ..decoders.registry import build_decoder, decoder_spec
 from ..evaluation.evaluate import dev_scores
@@ -157,6 +157,10 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
     # Seed after data preparation: feature extraction may or may not run (cache) and its
     # DataLoader draws from the global RNG, which must not change the model's initialisation.
     torch.manual_seed(cfg.seed)
+    if len(data.vocab) <= len(SPECIALS):  # else DecoderConfig refuses it in pydantic's words
+        raise TrainingError(
+            f"vocab_threshold = {cfg.vocab_threshold} keeps no word of the captions; lower it"
+        )
     model = build_decoder(
         DecoderConfig(
             kind=cfg.decoder,
@@ -234,6 +238,7 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             if epoch == cfg.epochs:  # self-critical training starts from the best XE epoch
                 model.load_state_dict(unowned(best_state))
             extra = run.self_critical(epoch)  # policy-gradient loss and mean sample reward
+        run.finite(run.trained, epoch)  # the weights, once an epoch (the loss: every step)
         report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
         t_dev = time.time()
         scores = score_dev()
@@ -428,11 +433,20 @@ class _Epochs:
         }
         self.report(Event("train", at, self.total, metrics))
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def _update(self, loss: torch.Tensor, epoch: int) -> None:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.trained, self.cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.trained, self.cfg.grad_clip)
+        self.finite([loss.detach(), norm], epoch)  # before the step: no weight changes
         self.opt.step()
+
+    def finite(self, tensors: list[torch.Tensor], epoch: int) -> None:
+        """Stop at the first step (or epoch, for the weights) that diverges: never save NaN."""
+        if not torch.stack([t.detach().isfinite().all() for t in tensors]).all():
+            raise TrainingError(
+                f"training diverged in epoch {epoch + 1}: the loss or the weights became infinite "
+                "or NaN; start a new run with a lower learning_rate or weight_decay"
+            )
 
     def cross_entropy(self, epoch: int) -> float:
         cfg, model, device, steps = self.cfg, self.model, self.device, self.steps
@@ -453,7 +467,7 @@ class _Epochs:
                 loss = self.loss_fn(
                     logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
                 )
-            self._update(loss)
+            self._update(loss, epoch)
             total += loss.item()
             self._progress(epoch, s + 1, steps, total / (s + 1), {"phase": "xe"})
         return total / steps
@@ -472,7 +486,7 @@ class _Epochs:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 feats = self.source.features(images, None, device)
                 loss, reward = self.critic.loss(self.model, feats, images, generator)
-            self._update(loss)
+            self._update(loss, epoch)
             total, rewards = total + loss.item(), rewards + reward
             self._progress(
                 epoch,

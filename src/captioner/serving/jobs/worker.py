@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ...config import TrainConfig
 from ...core.atomic import atomic_dir
-from ...core.errors import TrainingError
+from ...core.errors import TrainingError, validation_message
 from ...core.progress import Event
 from ..names import write_name
 from .process import EX_LOCKED, RunLock, process_start
@@ -112,7 +114,6 @@ def _train(store: JobStore, job_id: str, run_dir: Path, models_dir: Path) -> int
     store.update(job_id, state=JobState.RUNNING, pid=me, pid_start=process_start(me), error=None)
     store.append_log(job_id, "started")
     job = store.get(job_id)
-    cfg = TrainConfig(**job["config"])
     report = _reporter(store, job_id, job["history"])
     training = False  # torch imported: a stop before that must not import it while handling
 
@@ -127,6 +128,7 @@ def _train(store: JobStore, job_id: str, run_dir: Path, models_dir: Path) -> int
         return {} if done is None else {"history": done}
 
     try:
+        cfg = TrainConfig(**job["config"])  # saved by an older server, or edited: checked again
         from ...training.trainer import train  # imports torch: seconds, shown as "starting"
 
         training = True
@@ -145,9 +147,19 @@ def _train(store: JobStore, job_id: str, run_dir: Path, models_dir: Path) -> int
         store.append_log(job_id, "stopped; resume continues from the last finished epoch")
         return 0
     except Exception as exc:  # reported to the user on the page, never lost
-        store.update(job_id, state=JobState.FAILED, error=str(exc), pid=None, **recorded())
-        store.append_log(job_id, f"failed: {exc}")
+        error = _plain(exc)
+        store.update(job_id, state=JobState.FAILED, error=error, pid=None, **recorded())
+        store.append_log(job_id, f"failed: {error}")
         return 1
+
+
+def _plain(exc: Exception) -> str:
+    """An error as the page shows it, on one line: a settings error names each field in plain
+    words, never with pydantic's own text and its link to pydantic's documentation."""
+    if isinstance(exc, ValidationError):
+        head, *fields = validation_message(exc, "training settings").splitlines()
+        return f"{head} {'; '.join(f.strip() for f in fields)}"
+    return str(exc)
 
 
 def _reporter(store: JobStore, job_id: str, history: object) -> Callable[[Event], None]:

@@ -4,6 +4,7 @@ server caption: does its default model load)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 from pathlib import Path
 from typing import Annotated
@@ -16,9 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from ... import __version__
 from ...api import csv_header, format_row
 from ...config import DecodeConfig
-from ...core.errors import ImageError, ImageTooLarge
+from ...core.errors import DecodeBusy, ImageError, ImageFormatRefused, ImageTooLarge
 from ...decoders.settings import MAX_ALTERNATIVES, check_alternatives
-from ...vision.images import open_image
+from ...vision.images import encoder_image
+from ...vision.limits import accepted_text
 from ..guard import OPEN, Access, Body
 from ..security import client_host
 from .common import Services
@@ -38,6 +40,10 @@ CaptionOptions = create_model(
         for name, field in DecodeConfig.model_fields.items()
     },
 )
+
+# How long one photo may wait for room in the decoding memory budget before the request is
+# answered 503 (a decode takes at most ~1-2 s, so this is a queue dozens of photos deep).
+DECODE_WAIT_S = 30.0
 
 
 def add_caption_routes(app: FastAPI, services: Services) -> None:
@@ -107,14 +113,15 @@ def _add_health_route(app: FastAPI, services: Services) -> None:
 async def _read_photos(
     files: list[UploadFile], services: Services, size: int
 ) -> tuple[list[dict], list[tuple[int, object]]]:
-    """One result row per upload (with the reason when it cannot be read), and the decoded
-    photos with the index of their row."""
+    """One result row per upload (with the reason when it cannot be read), and the photos with
+    the index of their row. One file at a time, each decoded off the event loop (header
+    included) and cut at once to the encoder's `size` x `size`: a request holds 150 KB per
+    photo, never the decoded file. 503 when the decoding memory budget stays full."""
     settings = services.settings
     loop = asyncio.get_running_loop()
     limit = int(settings.max_upload_mb * 1024 * 1024)
     results: list[dict] = []
     images: list[tuple[int, object]] = []
-    pool = services.decoders
     for f in files:
         name = Path(f.filename or "image").name
         data = await f.read(limit + 1)
@@ -125,11 +132,16 @@ async def _read_photos(
                 "resize it or raise --max-upload-mb"
             )
             continue
-        try:  # decoding is CPU work: off the event loop, in a small bounded pool
-            image = await loop.run_in_executor(pool, open_image, io.BytesIO(data), size)
-            images.append((len(results) - 1, image))
-        except ImageError as exc:  # say why: too large, truncated, not an image...
+        decode = functools.partial(encoder_image, io.BytesIO(data), size, wait=DECODE_WAIT_S)
+        try:  # CPU work, header parsing included: in a small bounded pool, never on the loop
+            images.append((len(results) - 1, await loop.run_in_executor(services.decoders, decode)))
+        except DecodeBusy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "10"}) from None
+        except ImageError as exc:  # say why: too large, not a photo format, truncated...
             reason = str(exc).split(": ", 1)[-1]
-            hint = "" if isinstance(exc, ImageTooLarge) else "; send a JPEG, PNG or WebP photo"
+            accepted = accepted_text()
+            known = isinstance(exc, (ImageTooLarge, ImageFormatRefused)) or accepted in reason
+            hint = "" if known else f"; send a photo as {accepted}"  # unless it says so already
             results[-1]["error"] = reason + hint
+        del data  # the upload's bytes go before the next file's are read
     return results, images

@@ -14,7 +14,7 @@ from ..model_store import ModelStore
 from ..security import Policy
 
 if TYPE_CHECKING:
-    from ..server import ServerSettings
+    from ..settings import ServerSettings
 
 STATIC = Path(__file__).parents[1] / "web"  # the pages, scripts and styles
 

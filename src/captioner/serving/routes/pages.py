@@ -49,7 +49,7 @@ def add_docs(app: FastAPI) -> None:
 def add_login_routes(app: FastAPI, services: Services) -> None:
     """The pages' way to present the token: a form that sets an HttpOnly, SameSite=Strict
     cookie (the API also takes `Authorization: Bearer TOKEN`)."""
-    settings, policy = services.settings, services.policy
+    policy = services.policy  # its token is the one the server checks (stripped)
 
     def safe_next(value: str) -> str:  # only this server's own pages, never another site
         return value if value.startswith("/") and not value.startswith(("//", "/\\")) else "/"
@@ -57,7 +57,7 @@ def add_login_routes(app: FastAPI, services: Services) -> None:
     @app.get("/login", include_in_schema=False)
     @LOGIN
     def login_page() -> Response:
-        if not settings.token:
+        if not policy.token:
             return RedirectResponse("/", status_code=303)
         return FileResponse(STATIC / "login.html", media_type="text/html")
 
@@ -66,18 +66,22 @@ def add_login_routes(app: FastAPI, services: Services) -> None:
     async def login(request: Request) -> Response:
         form = await request.form()
         target = safe_next(str(form.get("next") or "/"))
-        if not settings.token:
+        token = policy.token
+        if not token:
             return RedirectResponse(target, status_code=303)
         given = str(form.get("token") or "").strip()
-        # Slows down guessing: 12 tries a minute.
-        if refusal := policy.over_limit(client_host(request.scope), 10, bucket="login:"):
+        # Slows down guessing, from every address (loopback too): checked before the token is,
+        # so a guess past the limit learns nothing; only a failed try is counted.
+        client = client_host(request.scope)
+        if refusal := policy.over_limit(client, bucket="login", take=False):
             raise refusal.error()
-        if not hmac.compare_digest(given.encode(), settings.token.encode()):
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            policy.over_limit(client, bucket="login")
             return RedirectResponse(f"/login?failed=1&next={quote(target)}", status_code=303)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             COOKIE,
-            session_value(settings.token),
+            session_value(token),
             max_age=7 * 24 * 3600,
             httponly=True,
             samesite="strict",
@@ -88,7 +92,7 @@ def add_login_routes(app: FastAPI, services: Services) -> None:
     @app.post("/logout", include_in_schema=False)
     @OPEN
     def logout() -> Response:
-        response = RedirectResponse("/login" if settings.token else "/", status_code=303)
+        response = RedirectResponse("/login" if policy.token else "/", status_code=303)
         response.delete_cookie(COOKIE, httponly=True, samesite="strict")
         return response
 

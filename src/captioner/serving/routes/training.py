@@ -12,7 +12,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...config import TrainConfig, flat_schema, make_config, preset_values, presets, setting_names
-from ..datapaths import DataPathError, absolute_roots, confine_paths, path_fields
+from ..datapaths import (
+    DataPathError,
+    absolute_roots,
+    confine_dataset_images,
+    confine_paths,
+    path_fields,
+)
 from ..guard import TOKEN, Access
 from ..jobs import RESUMABLE, TERMINAL, JobRunner, JobStore, max_workers
 from ..names import check_name
@@ -45,12 +51,27 @@ def add_training_routes(app: FastAPI, services: Services) -> None:
     @Access(body_required=True)
     async def create_job(request: Request) -> dict:
         body = await json_object(request, "send the training settings as a JSON object")
-        cfg, name = job_config(body, roots)
+        cfg, name = await run_in_threadpool(job_config, body, roots)  # reads the dataset
+        check_room(store, settings.max_queued)  # no await from here to create: no race
         job_id = store.create(cfg, name)
         runner.submit(job_id)  # starts now, or waits queued for a free slot
         return store.get(job_id)
 
-    _add_job_routes(app, store, runner)
+    _add_job_routes(app, store, runner, settings.max_queued)
+
+
+def check_room(store: JobStore, max_queued: int) -> None:
+    """429 when `max_queued` jobs already wait for a training slot: each queued job holds the
+    server's next hours of CPU, and the queue is no place to store plans."""
+    waiting = len(store.queued())
+    if waiting >= max_queued:
+        raise HTTPException(
+            429,
+            f"{waiting} training jobs are already waiting for a free slot (the server's "
+            f"--max-queued is {max_queued}); wait for one to start, or stop one with "
+            "POST /api/jobs/{id}/stop",
+            headers={"Retry-After": "60"},
+        )
 
 
 def job_config(body: dict, roots: list[Path]) -> tuple[TrainConfig, str | None]:
@@ -70,13 +91,14 @@ def job_config(body: dict, roots: list[Path]) -> tuple[TrainConfig, str | None]:
     fields = path_fields(TrainConfig)  # every path a user gives, now and in future fields
     try:
         paths = confine_paths(cfg.model_dump(include=set(fields)), fields, roots)
+        confine_dataset_images(cfg.model_copy(update=paths), roots)  # the paths inside it too
     except DataPathError as exc:
         raise HTTPException(403, str(exc)) from None
     # More image-loading processes than cores only fight over the same CPUs.
     return cfg.model_copy(update={**paths, "workers": min(cfg.workers, max_workers())}), name
 
 
-def _add_job_routes(app: FastAPI, store: JobStore, runner: JobRunner) -> None:
+def _add_job_routes(app: FastAPI, store: JobStore, runner: JobRunner, max_queued: int) -> None:
     def job_or_404(job_id: str) -> dict:
         job = store.get(job_id)
         if job is None:
@@ -114,6 +136,7 @@ def _add_job_routes(app: FastAPI, store: JobStore, runner: JobRunner) -> None:
                 f"job {job_id} is {job['state']}; only stopped, "
                 "interrupted or failed jobs can be resumed",
             )
+        check_room(store, max_queued)  # a resumed job waits in the same queue
         runner.submit(job_id)  # the same run folder: training resumes from its checkpoint
         return store.get(job_id)
 
