@@ -69,9 +69,12 @@ def main() -> None:
                 **d["metrics"],
                 "length": d["mean_length"],
                 "ref_length": d["reference_mean_length"],
+                "objects": {"flickr8k_dev": d["objects"]},
             }
-            for key, records in (("coco_person_CIDEr", person), ("coco_mini_CIDEr", mini)):
-                row[key] = evaluate_model(cap, records, decode)["metrics"]["CIDEr"]
+            for key, records in (("coco_person", person), ("coco_mini", mini)):
+                e = evaluate_model(cap, records, decode)
+                row[f"{key}_CIDEr"] = e["metrics"]["CIDEr"]
+                row["objects"][key] = e["objects"]
             row["train_min"] = cap.bundle.metrics.get("train_seconds", 0) / 60
             row["ms_per_caption"] = ms_per_caption(
                 cap, [r.image for r in dev[: args.speed_images]], decode
@@ -95,6 +98,17 @@ def main() -> None:
         cells += [f"{r['train_min']:.1f}", f"{r['ms_per_caption']:.1f}"]
         print("| " + " | ".join(map(str, cells)) + " |")
     print(f"references: {rows[0]['ref_length']:.2f} words on average (Flickr8k dev)")
+    print("\nObject mentions (COCO's categories but person; positive when >= 2 references name")
+    print("it) and contradictions (a caption's animal/vehicle/food against a confident tag):\n")
+    print("| model | set | precision | recall | F1 | positives | contradictions | lowest recall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for key, o in r["objects"].items():
+            low = ", ".join(f"{g} {tp}/{n}" for g, tp, n in o["lowest_recall"][:5])
+            print(
+                f"| {r['model']} | {key} | {o['precision']:.3f} | {o['recall']:.3f} | "
+                f"{o['f1']:.3f} | {o['positives']} | {o['contradictions']:.1%} | {low} |"
+            )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

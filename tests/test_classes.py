@@ -163,3 +163,59 @@ def test_coco_photos_get_a_class_that_maps_to_their_caption_words(lite0):
             assert any(word in words.get(i, ()) for i in top5), (word, files[image_id], named)
             checked.append(word)
     assert set(checked) == set(COCO_WORDS), "coco-mini lacks photos of some words"
+
+
+def test_every_transferred_word_starts_from_a_word_the_bundled_model_knows():
+    from captioner.decoders.open_vocab import added_words
+    from captioner.storage.bundle import load_bundle
+    from captioner.vision.class_transfer import TRANSFER, transfer_source
+
+    produced = {w for ws in class_words().values() for w in ws}
+    assert set(TRANSFER) <= produced, sorted(set(TRANSFER) - produced)  # no stale entries
+    vocab = load_bundle(Path(__file__).parents[1] / "src/captioner/models/default").vocab
+    unseen = sorted(produced - set(vocab.stoi))
+    assert unseen and all(transfer_source(w, vocab.stoi) in vocab.stoi for w in unseen)
+    pairs = dict(added_words(vocab))
+    assert set(pairs) == set(unseen)  # every class word can be said
+    assert pairs["zebra"] == "horse" and pairs["teddy"] == "stuffed"
+    assert pairs["hamburger"] == "food"  # hamburger -> burger -> food: a chain ends in a word
+
+
+def test_open_vocabulary_splits_the_source_words_probability_by_the_classes():
+    from captioner.data.vocab import Vocabulary
+    from captioner.decoders.attention import ShowAttendTell
+    from captioner.decoders.base import DecoderConfig
+    from captioner.decoders.open_vocab import MAX_SHARE, open_vocabulary
+
+    words = ["<pad>", "<start>", "<end>", "<unk>", "a", "horse", "dog", "runs"]
+    vocab = Vocabulary(words)
+    cfg = DecoderConfig(
+        kind="attention", feature_dim=8, vocab_size=len(words), embed_size=6, hidden_size=6,
+        attention_size=5, dropout=0.0, num_classes=1000,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    base = ShowAttendTell(cfg).eval()
+    zebra = class_names().index("zebra")
+    head = torch.zeros(1000, 8)
+    head[zebra] = 30.0  # features of ones: the classifier is sure it sees a zebra
+    base.set_class_head(head, torch.zeros(1000))
+    model, big = open_vocabulary(base, vocab)
+    assert big.itos[: len(words)] == words and "zebra" in big.stoi and "lion" in big.stoi
+    assert "teddy" not in big.stoi  # its source ("stuffed") is not a word of this vocabulary
+    with torch.no_grad():
+        grid = torch.ones(1, 3, 8)
+        tokens = torch.tensor([Vocabulary.start_id])
+        plain, _ = base.step(tokens, base.init_state(grid))
+        grown, state = model.step(tokens, model.init_state(grid))
+        assert torch.allclose(grown.exp().sum(), torch.tensor(1.0), atol=1e-5)
+        h, z, t = vocab.stoi["horse"], big.stoi["zebra"], big.stoi["lion"]
+        # The horse slot is shared: the zebra takes MAX_SHARE of it; the lion (from the dog
+        # slot, not seen in this photo) nothing.
+        assert torch.allclose(grown[0, z].exp(), MAX_SHARE * plain[0, h].exp(), rtol=1e-4)
+        assert torch.allclose(grown[0, h].exp(), (1 - MAX_SHARE) * plain[0, h].exp(), rtol=1e-4)
+        assert grown[0, t].exp() < 1e-9
+        assert torch.allclose(grown[0, vocab.stoi["dog"]], plain[0, vocab.stoi["dog"]])
+        # A new word is read back as its source: "zebra" next is "horse" next.
+        after_z, _ = model.step(torch.tensor([z]), state)
+        after_h, _ = model.step(torch.tensor([h]), state)
+        assert torch.equal(after_z, after_h)

@@ -151,6 +151,9 @@ def test_bundled_model_api_and_http_use_the_models_own_decoding(photo_dir, tmp_p
         rerank_weight=0.5,
         rerank_precision=0.4,
         neighbour_guidance=1.0,
+        open_vocabulary=True,
+        class_constraint=0.3,
+        tag_agreement=True,
     )
     names = sorted(PHOTOS)
     paths = [photo_dir / f"{n}.jpg" for n in names]

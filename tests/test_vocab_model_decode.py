@@ -232,3 +232,43 @@ def test_sampling_for_self_critical_training(kind):
     best, _, _ = sample(m, feats, 1, max_len=5, greedy=True)
     rows = [r[: r.index(Vocabulary.end_id)] for r in best.tolist()]
     assert rows == _best(m, feats, beam_size=1, max_len=5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@torch.no_grad()
+def test_constrained_search_holds_a_required_word_and_is_exact_when_wide(kind):
+    """A wide enough constrained search finds the best sequence holding a required word (the
+    exhaustive answer among those), and a row that requires nothing is searched as before."""
+    max_len = 4
+    changed = False
+    for seed in range(6):
+        m = _tiny_model(seed, kind)
+        feats = _features(kind, 3, seed)
+        plain = _best(m, feats, beam_size=27, max_len=max_len, length_penalty=0.7)
+        required = torch.zeros(3, 7, dtype=torch.bool)
+        required[0, 6] = True  # image 0 must say word 6; image 1 word 4 or 5; image 2 free
+        required[1, [4, 5]] = True
+        got = _best(m, feats, beam_size=27, max_len=max_len, length_penalty=0.7, required=required)
+        for i, words in ((0, {6}), (1, {4, 5})):
+            ranked = _ranked(m, feats[i : i + 1], max_len, 0.7)
+            want = next(seq for _, seq, _ in ranked if words & set(seq))
+            assert got[i] == want and words & set(got[i])
+            changed |= got[i] != plain[i]
+        assert got[2] == plain[2]
+        # A narrow beam too: every answer holds a required word (the satisfied bank starts
+        # with fewer live hypotheses than beams; the rest must stay dead, not leak in).
+        narrow = beam_search(m, feats, beam_size=5, max_len=max_len, n_best=5, required=required)
+        for i, words in ((0, {6}), (1, {4, 5})):
+            assert narrow[i] and all(words & set(h.ids) for h in narrow[i])
+    assert changed, "the constraint never changed a caption: the test would not catch a no-op"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_constrained_search_without_a_constraint_equals_plain_search(kind):
+    m = _tiny_model(1, kind)
+    feats = _features(kind, 4, 2)
+    nothing = torch.zeros(4, 7, dtype=torch.bool)
+    for k in (1, 3):
+        plain = beam_search(m, feats, beam_size=k, max_len=6, n_best=k)
+        free = beam_search(m, feats, beam_size=k, max_len=6, n_best=k, required=nothing)
+        assert [[h.ids for h in r] for r in free] == [[h.ids for h in r] for r in plain]

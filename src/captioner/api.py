@@ -19,7 +19,7 @@ from .core.csvsafe import safe_row, tsv_cell
 from .core.errors import BundleError, NoClassHead
 from .data.vocab import Vocabulary
 from .decoders.neighbours import pooled
-from .decoders.pipeline import decode_nbest
+from .decoders.pipeline import decode_nbest, for_decoding
 from .decoders.registry import decoder_input
 from .decoders.settings import check_alternatives
 from .storage.bundle import load_bundle
@@ -195,16 +195,15 @@ class Captioner:
         if not 0 <= tags <= 20:
             raise ValueError("tags must be 0..20")
         decode = self.decoding_for(decode, **overrides)
+        model, vocab = for_decoding(decode, self.bundle.model, self.vocab)
         out: list[Description] = []
         for i in range(0, len(images), batch_size):
             pixels = [self.encoder.preprocess(self.open(im)) for im in images[i : i + batch_size]]
             feats = self.encoder(torch.from_numpy(np.stack(pixels)))
-            found = decode_nbest(
-                self.bundle.model, self.vocab, feats, decode, alternatives, self.bundle.neighbours
-            )
+            found = decode_nbest(model, vocab, feats, decode, alternatives, self.bundle.neighbours)
             seen = self._tags(feats, tags, tag_threshold) if tags else [[] for _ in found]
             for hyps, image_tags in zip(found, seen, strict=True):
-                alts = [Alternative(self.vocab.decode(h.ids), h.confidence) for h in hyps]
+                alts = [Alternative(vocab.decode(h.ids), h.confidence) for h in hyps]
                 out.append(
                     Description(
                         alts[0].caption,
@@ -224,6 +223,10 @@ class Captioner:
             return class_head(self.bundle.encoder).to(self.device)
         except NoClassHead:
             return None
+
+    def tags_of(self, feats: torch.Tensor) -> list[list[Tag]]:
+        """The tags `describe` reports, for image features the encoder already made."""
+        return self._tags(feats, 5, TAG_THRESHOLD)
 
     def _tags(self, feats: torch.Tensor, k: int, threshold: float) -> list[list[Tag]]:
         if self.class_head is None:

@@ -184,8 +184,9 @@ class TrainConfig(BaseModel):
         if self.class_evidence and not DECODERS[self.decoder].class_evidence:
             able = [k for k, s in DECODERS.items() if s.class_evidence]
             raise ValueError(f"class_evidence needs decoder = {' or '.join(able)}")
-        if self.decode.class_guidance and not self.class_evidence:
-            raise ValueError("decode.class_guidance needs class_evidence (a class head)")
+        for name in ("class_guidance", "class_constraint", "open_vocabulary", "tag_agreement"):
+            if getattr(self.decode, name) and not self.class_evidence:
+                raise ValueError(f"decode.{name} needs class_evidence (a class head)")
         if self.average_epochs > self.epochs:
             raise ValueError(
                 f"average_epochs ({self.average_epochs}) cannot exceed epochs ({self.epochs})"

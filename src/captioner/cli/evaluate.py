@@ -56,6 +56,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"mean caption length {report['mean_length']:.2f} words "
         f"(references {report['reference_mean_length']:.2f})"
     )
+    o = report["objects"]
+    print(
+        f"objects  precision {o['precision']:.3f}  recall {o['recall']:.3f}  F1 {o['f1']:.3f} "
+        f"({o['positives']} named by >= 2 references); contradictions {o['contradictions']:.1%}"
+    )
     if args.report:
         write_json(args.report, report)
         print(f"report written to {args.report}")

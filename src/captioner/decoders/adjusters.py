@@ -30,12 +30,18 @@ class ScoreAdjuster(Protocol):
         """scores (B*k, V) for the next word of every hypothesis (image i's k hypotheses are
         rows i*k .. i*k+k-1), seen (B*k, V) bool -> the adjusted scores."""
 
+    def subset(self, images: torch.Tensor) -> ScoreAdjuster:
+        """The adjuster for some of the images (indices into the batch)."""
+
 
 class RepetitionGuard:
     def __init__(self, penalty: float, repeatable: torch.Tensor) -> None:
         """`repeatable`: a bool per vocabulary id, the words exempt (a, the, in, ...)."""
         self.penalty = penalty
         self.blocked = ~repeatable
+
+    def subset(self, images: torch.Tensor) -> RepetitionGuard:
+        return self  # the same for every image
 
     def __call__(self, scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         blocked = self.blocked.to(seen.device)
@@ -48,11 +54,62 @@ class WordBonus:
         self.bonus = bonus
         self._rows: torch.Tensor | None = None
 
+    def subset(self, images: torch.Tensor) -> WordBonus:
+        return WordBonus(self.bonus[images.to(self.bonus.device)])
+
     def __call__(self, scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         if self._rows is None:  # one row per hypothesis, made once per search
             k = scores.shape[0] // self.bonus.shape[0]
             self._rows = self.bonus.to(scores.device).float().repeat_interleave(k, dim=0)
         return scores + self._rows.masked_fill(seen, 0.0)
+
+
+class BannedWords:
+    def __init__(self, banned: torch.Tensor) -> None:
+        """`banned` (B, V) bool: words an image's captions may not use."""
+        self.banned = banned
+        self._rows: torch.Tensor | None = None
+
+    def subset(self, images: torch.Tensor) -> BannedWords:
+        return BannedWords(self.banned[images.to(self.banned.device)])
+
+    def __call__(self, scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        if self._rows is None:
+            k = scores.shape[0] // self.banned.shape[0]
+            self._rows = self.banned.to(scores.device).repeat_interleave(k, dim=0)
+        return scores.masked_fill(self._rows, float("-inf"))
+
+
+# The tags the API shows beside a caption: top TAGS classes at >= TAG_FLOOR; a tag at
+# >= CONFIDENT_TAG names what the photo shows.
+TAGS, TAG_FLOOR, CONFIDENT_TAG = 5, 0.1, 0.5
+
+
+def contradicting_words(
+    model: Decoder, vocab: Vocabulary, features: torch.Tensor
+) -> torch.Tensor | None:
+    """(N, vocab) bool: words of an animal, vehicle or food group that no tag of the photo
+    supports, when a confident tag names another group of the same kind (a zebra tagged 0.86
+    must not be "a black and white dog"); None when no photo has such a tag."""
+    from ..vision.class_words import class_names
+    from ..vision.object_groups import GROUPS, KINDS_CHECKED, class_groups
+
+    probs = model.class_probabilities(features)
+    values, indices = probs.topk(TAGS, dim=-1)
+    groups, names = class_groups(), class_names()
+    out = torch.zeros(len(probs), len(vocab.itos), dtype=torch.bool)
+    for i, (ps, cs) in enumerate(zip(values.tolist(), indices.tolist(), strict=True)):
+        tags = [(names[c], p) for p, c in zip(ps, cs, strict=True) if p >= TAG_FLOOR]
+        supported = {g for label, _ in tags for g in groups.get(label, ())}
+        kinds = {
+            GROUPS[g][0] for label, p in tags if p >= CONFIDENT_TAG for g in groups.get(label, ())
+        }
+        for g, (kind, words) in GROUPS.items():
+            if kind in kinds & set(KINDS_CHECKED) and g not in supported:
+                for w in words:
+                    if w in vocab.stoi:
+                        out[i, vocab.stoi[w]] = True
+    return out if out.any() else None
 
 
 def class_bonus(

@@ -139,3 +139,9 @@ class Neighbourhood:
     index: NeighbourIndex
     near: np.ndarray
     presence: list[Presence] | None
+
+    def subset(self, images: torch.Tensor) -> Neighbourhood:
+        """The neighbourhood of some of the batch's images."""
+        rows = images.cpu().numpy()
+        presence = None if self.presence is None else [self.presence[i] for i in rows]
+        return Neighbourhood(self.index, self.near[rows], presence)

@@ -9,13 +9,24 @@ needs a capability the model lacks is a ConfigError, never silently ignored.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..core.errors import ConfigError
 from ..data.vocab import Vocabulary
-from .adjusters import RepetitionGuard, ScoreAdjuster, WordBonus, class_bonus, neighbour_bonus
+from .adjusters import (
+    BannedWords,
+    RepetitionGuard,
+    ScoreAdjuster,
+    WordBonus,
+    class_bonus,
+    contradicting_words,
+    neighbour_bonus,
+)
 from .base import Decoder, Hypothesis
 from .neighbours import Neighbourhood, NeighbourIndex
+from .open_vocab import open_vocabulary
 from .rerankers import ConsensusReranker, Reranker
 from .search import beam_search
 from .settings import DecodeConfig
@@ -25,16 +36,35 @@ def check_capabilities(
     decode: DecodeConfig, model: Decoder, neighbours: NeighbourIndex | None
 ) -> None:
     """Refuse settings this model cannot honour, with the fix."""
-    if decode.class_guidance and not model.cfg.num_classes:
-        raise ConfigError(
-            "class_guidance needs a model trained with class evidence; set class_guidance = 0"
-        )
+    for name in ("class_guidance", "class_constraint", "open_vocabulary", "tag_agreement"):
+        if getattr(decode, name) and not model.cfg.num_classes:
+            raise ConfigError(f"{name} needs a model trained with class evidence; set {name} = 0")
     if decode.rerank_neighbours and neighbours is None:
         raise ConfigError(
             "rerank_neighbours needs a model that carries a neighbour index (trained with "
             "rerank_neighbours > 0); set rerank_neighbours, neighbour_guidance and "
             "rerank_precision to 0"
         )
+
+
+_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (wrapped, vocab)
+
+
+def for_decoding(
+    decode: DecodeConfig, model: Decoder, vocab: Vocabulary
+) -> tuple[Decoder, Vocabulary]:
+    """The decoder and vocabulary captions are searched with: the model's own, or grown by the
+    encoder's class words (decode.open_vocabulary; made once per model). Hypotheses' ids are
+    words of the vocabulary returned here."""
+    if not decode.open_vocabulary:
+        return model, vocab
+    if model.cfg.num_classes == 0:
+        raise ConfigError(
+            "open_vocabulary needs a model trained with class evidence; set it to false"
+        )
+    if model not in _OPEN or _OPEN[model][2] is not vocab:
+        _OPEN[model] = (*open_vocabulary(model, vocab), vocab)
+    return _OPEN[model][:2]
 
 
 def adjusters_for(
@@ -55,7 +85,21 @@ def adjusters_for(
         bonus = guide if bonus is None else bonus + guide  # one sum: the same floats as before
     if bonus is not None:
         steps.append(WordBonus(bonus))
+    if decode.tag_agreement and (banned := contradicting_words(model, vocab, features)) is not None:
+        steps.append(BannedWords(banned))
     return steps
+
+
+def required_words(
+    decode: DecodeConfig, model: Decoder, vocab: Vocabulary, features: torch.Tensor
+) -> torch.Tensor | None:
+    """(N, vocab) bool: the words that name what the classifier sees with at least
+    decode.class_constraint (summed over the classes each word stands for); None when off."""
+    if not decode.class_constraint:
+        return None
+    from ..vision.classes import word_scores
+
+    return word_scores(model.class_probabilities(features), vocab.itos) >= decode.class_constraint
 
 
 def rerankers_for(
@@ -79,12 +123,51 @@ def decode_nbest(
     neighbours: NeighbourIndex | None = None,
 ) -> list[list[Hypothesis]]:
     """The n best hypotheses per image under `decode` (the beam widens to n_best if needed).
-    With rerankers, the whole beam is searched for them and cut to n_best after."""
+    With rerankers, the whole beam is searched for them and cut to n_best after. With a class
+    constraint, only the images whose best caption lacks a required word are searched again
+    under it (most captions already name what the classifier is sure of)."""
     check_capabilities(decode, model, neighbours)
     hood = None
     if decode.rerank_neighbours:
         uses_presence = bool(decode.neighbour_guidance or decode.rerank_precision)
         hood = neighbours.lookup(features, decode.rerank_neighbours, uses_presence)
+    adjusters = adjusters_for(decode, model, vocab, features, hood)
+    found = _search(decode, model, vocab, features, n_best, hood, adjusters)
+    required = required_words(decode, model, vocab, features)
+    if required is not None:
+        lacking = [
+            i
+            for i, hyps in enumerate(found)
+            if required[i].any() and not required[i, hyps[0].ids].any()
+        ]
+        if lacking:
+            idx = torch.tensor(lacking, device=features.device)
+            again = _search(
+                decode,
+                model,
+                vocab,
+                features[idx],
+                n_best,
+                hood.subset(idx) if hood is not None else None,
+                [a.subset(idx) for a in adjusters],
+                required[idx],
+            )
+            for i, hyps in zip(lacking, again, strict=True):
+                found[i] = hyps
+    return found
+
+
+def _search(
+    decode: DecodeConfig,
+    model: Decoder,
+    vocab: Vocabulary,
+    features: torch.Tensor,
+    n_best: int,
+    hood: Neighbourhood | None,
+    adjusters: list[ScoreAdjuster],
+    required: torch.Tensor | None = None,
+) -> list[list[Hypothesis]]:
+    """One beam search and its rerankers (the whole beam is searched for them)."""
     rerankers = rerankers_for(decode, vocab, hood)
     width = max(decode.beam_size, n_best)
     found = beam_search(
@@ -94,7 +177,8 @@ def decode_nbest(
         max_len=decode.max_len,
         length_penalty=decode.length_penalty,
         n_best=width if rerankers else n_best,
-        adjusters=adjusters_for(decode, model, vocab, features, hood),
+        adjusters=adjusters,
+        required=required,
     )
     for rerank in rerankers:
         found = rerank(found)
@@ -111,6 +195,7 @@ def caption_features(
 ) -> list[str]:
     """One caption per row of image features, searched as `decode` says, in batches."""
     device = next(model.parameters()).device
+    model, vocab = for_decoding(decode, model, vocab)
     out: list[str] = []
     for i in range(0, len(features), batch):
         found = decode_nbest(

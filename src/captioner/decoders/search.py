@@ -32,32 +32,42 @@ def beam_search(
     length_penalty: float = 0.0,
     n_best: int = 1,
     adjusters: Sequence[ScoreAdjuster] = (),
+    required: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Up to `n_best` (<= beam_size) finished hypotheses per row of `features`, best first.
-    Each step's scores pass through `adjusters` in order before ranking."""
+    Each step's scores pass through `adjusters` in order before ranking.
+
+    `required` (rows, vocab) bool: the caption must hold one of the row's words (a row without
+    any is free). Constrained beam search (Anderson et al., 2017) with one disjunctive
+    constraint: a second bank of beam_size beams holds the hypotheses that already contain a
+    required word, each bank keeps its own best, and a row's answer comes from the satisfied
+    bank when it finished any (else from the free bank)."""
     if beam_size < 1 or max_len < 1:
         raise ValueError("beam_size and max_len must be at least 1")
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and beam_size")
     model.eval()
     b, k = features.shape[0], beam_size
+    banks = 1 if required is None else 2
+    width = banks * k  # beams per image
     pad, start, end, unk = (
         Vocabulary.pad_id,
         Vocabulary.start_id,
         Vocabulary.end_id,
         Vocabulary.unk_id,
     )
-    state = model.repeat_state(model.init_state(features), k)
+    state = model.repeat_state(model.init_state(features), width)
     device = features.device
-    tokens = torch.full((b * k,), start, dtype=torch.long, device=device)
+    tokens = torch.full((b * width,), start, dtype=torch.long, device=device)
     # Only the first beam is live at the start, or the k beams would be k copies of one.
-    scores = torch.full((b, k), NEG_INF, device=device)
+    scores = torch.full((b, width), NEG_INF, device=device)
     scores[:, 0] = 0.0
-    raw = torch.zeros(b, k, device=device)  # the model's own log-probability (no guard)
-    lengths = torch.zeros(b, k, device=device)
-    done = torch.zeros(b, k, dtype=torch.bool, device=device)
-    seqs = torch.zeros(b, k, 0, dtype=torch.long, device=device)
-    seen = None  # (b*k, vocab) words each hypothesis holds, for the adjusters
+    raw = torch.zeros(b, width, device=device)  # the model's own log-probability
+    lengths = torch.zeros(b, width, device=device)
+    done = torch.zeros(b, width, dtype=torch.bool, device=device)
+    seqs = torch.zeros(b, width, 0, dtype=torch.long, device=device)
+    seen = None  # (b*width, vocab) words each hypothesis holds, for the adjusters
+    bank = torch.arange(width, device=device).expand(b, -1) // k  # 1: holds a required word
 
     for t in range(max_len):
         logp, state = model.step(tokens, state)
@@ -72,38 +82,69 @@ def beam_search(
         logp[flat_done, pad] = 0.0
         guarded = logp
         if seen is None and adjusters:
-            seen = torch.zeros(b * k, vocab, dtype=torch.bool, device=device)
+            seen = torch.zeros(b * width, vocab, dtype=torch.bool, device=device)
         for adjust in adjusters:
             guarded = adjust(guarded, seen)
-        cand = (scores.view(-1, 1) + guarded).view(b, k * vocab)
-        cand_len = (lengths + (~done).float()).view(-1, 1).expand(-1, vocab).reshape(b, k * vocab)
+        cand = (scores.view(-1, 1) + guarded).view(b, width * vocab)
+        cand_len = (lengths + (~done).float()).view(-1, 1).expand(-1, vocab)
+        cand_len = cand_len.reshape(b, width * vocab)
         norm = cand / cand_len.clamp(min=1) ** length_penalty if length_penalty else cand
-        top = norm.topk(k, dim=1).indices  # (b, k), ties broken deterministically
+        if required is None:
+            top = norm.topk(k, dim=1).indices  # (b, k), ties broken deterministically
+            scores = cand.gather(1, top)
+        else:
+            top, bank, live = _select_per_bank(norm, bank, required.to(device), k)
+            scores = cand.gather(1, top).masked_fill(~live, NEG_INF)
         beam, word = top // vocab, top % vocab
-        scores = cand.gather(1, top)
-        raw = raw.gather(1, beam) + logp.view(b, k * vocab).gather(1, top)
+        raw = raw.gather(1, beam) + logp.view(b, width * vocab).gather(1, top)
         lengths = cand_len.gather(1, top)
         done = done.gather(1, beam) | (word == end)
         seqs = torch.cat(
             [seqs.gather(1, beam.unsqueeze(-1).expand(-1, -1, seqs.shape[-1])), word.unsqueeze(-1)],
             dim=-1,
         )
-        rows = (beam + torch.arange(b, device=device).unsqueeze(1) * k).view(-1)
+        rows = (beam + torch.arange(b, device=device).unsqueeze(1) * width).view(-1)
         state = model.select_state(state, rows)
         tokens = word.view(-1)
         if seen is not None:
             seen = seen[rows]
-            seen[torch.arange(b * k, device=device), tokens] = True
+            seen[torch.arange(b * width, device=device), tokens] = True
         if bool(done.all()):
             break
 
     final = scores / lengths.clamp(min=1) ** length_penalty if length_penalty else scores
     final = final.masked_fill(~done, NEG_INF)
+    if required is not None:  # a satisfied caption, when the search found one, wins
+        met = (bank == 1) & (final > NEG_INF)
+        final = final.masked_fill(met.any(dim=1, keepdim=True) & ~met, NEG_INF)
+    return _hypotheses(final, done, seqs, raw, n_best, end)
+
+
+def _select_per_bank(
+    norm: torch.Tensor, bank: torch.Tensor, required: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best candidates of each bank (free, satisfied): a candidate is satisfied when its
+    beam was, or its word is required. Returns their flat indices (b, 2k), banks, and which
+    are live (a bank with fewer than k candidates is padded with dead ones)."""
+    b, vocab = required.shape
+    width = bank.shape[1]
+    lands = (bank.unsqueeze(-1).bool() | required.unsqueeze(1)).view(b, width * vocab)
+    free = norm.masked_fill(lands, NEG_INF).topk(k, dim=1)
+    met = norm.masked_fill(~lands, NEG_INF).topk(k, dim=1)
+    top = torch.cat([free.indices, met.indices], dim=1)
+    new_bank = torch.cat([torch.zeros_like(free.indices), torch.ones_like(met.indices)], dim=1)
+    live = torch.cat([free.values, met.values], dim=1) > NEG_INF
+    return top, new_bank, live
+
+
+def _hypotheses(
+    final: torch.Tensor, done: torch.Tensor, seqs: torch.Tensor, raw: torch.Tensor, n: int, end: int
+) -> list[list[Hypothesis]]:
     order = final.argsort(dim=1, descending=True, stable=True)
     out = []
-    for i in range(b):
+    for i in range(final.shape[0]):
         hyps = []
-        for j in order[i, :n_best].tolist():
+        for j in order[i, :n].tolist():
             if not bool(done[i, j]) or final[i, j] == NEG_INF:
                 continue
             ids = seqs[i, j].tolist()

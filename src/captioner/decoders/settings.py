@@ -39,6 +39,25 @@ class DecodeConfig(BaseModel):
         "classifier recognises (x its probability), until the caption uses them; "
         "models with class evidence only (0 = off)",
     )
+    open_vocabulary: bool = Field(
+        False,
+        description="the words of the encoder's ImageNet classes that no training caption used "
+        "(zebra, teddy, burger) can be said where a close word would go (zebra for horse), as "
+        "much as the classifier sees them; models with class evidence only",
+    )
+    tag_agreement: bool = Field(
+        False,
+        description="never name an animal, vehicle or food that no tag supports when a "
+        "confident tag (>= 0.5) names another of the same kind; models with class evidence only",
+    )
+    class_constraint: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="the caption must name what the encoder's ImageNet classifier sees with at "
+        "least this probability (a word whose classes sum to it; constrained beam search); "
+        "models with class evidence only (0 = off)",
+    )
     rerank_neighbours: int = Field(
         0,
         ge=0,

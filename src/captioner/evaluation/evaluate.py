@@ -18,6 +18,7 @@ from ..decoders.neighbours import NeighbourIndex
 from ..decoders.pipeline import caption_features
 from ..vision.features import extract_features
 from .metrics import ALL_METRICS, has_java, require_java, score_records
+from .objects import contradicts, mention_scores
 
 
 def dev_scores(
@@ -39,6 +40,21 @@ def dev_scores(
         )
     scores = score_records(records, caps, ("bleu", "cider"), tokenizer="simple")
     return {k: scores[k] for k in ("BLEU-4", "CIDEr", "BLEU-1", "mean_length")}
+
+
+def object_report(captioner, feats: torch.Tensor, captions: list[str], records) -> dict:
+    """Object mentions against the references, and contradictions with the tags (the
+    encoder's own ImageNet classes, as the API reports them)."""
+    out = mention_scores(captions, [r.captions for r in records])
+    tags = []
+    for i in range(0, len(feats), 256):
+        tags += captioner.tags_of(feats[i : i + 256])
+    bad = [
+        contradicts(c, [(t.label, t.probability) for t in ts])
+        for c, ts in zip(captions, tags, strict=True)
+    ]
+    out["contradictions"] = sum(bad) / max(len(bad), 1)
+    return out
 
 
 def evaluate_model(
@@ -67,6 +83,7 @@ def evaluate_model(
         "model": str(captioner.path),
         "decoding": decode.model_dump(),
         "metrics": scores,
+        "objects": object_report(captioner, feats, captions, records),
         "mean_length": mean_len,
         "reference_mean_length": ref_len,
         "captions": [

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..config import TrainConfig
 from ..core.atomic import write_text
 from ..core.errors import CheckpointError, TrainingError
@@ -34,12 +34,13 @@ from ..core.keys import AVERAGE, prefixed, unowned, unprefixed
 from ..core.progress import Event, Reporter, silent
 from ..data.vocab import SPECIALS, Vocabulary
 from ..decoders.base import DecoderConfig
-from ..decoders.registry import build_decoder, decoder_spec
+from ..decoders.registry import build_decoder
 from ..evaluation.evaluate import dev_scores
 from ..storage import checkpoint
 from ..storage.bundle import Bundle, save_bundle
-from ..vision.registry import IMAGENET_CLASSES, get_spec
+from ..vision.registry import IMAGENET_CLASSES
 from .batches import count_batches, epoch_batches, learning_rate
+from .card import model_card
 from .scst import SelfCritical, image_batches
 from .sources import Data, make_source, neighbour_index, prepare_data
 
@@ -52,69 +53,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_card(cfg: TrainConfig, metrics: dict, n_train: int, n_dev: int) -> str:
-    dev = metrics.get("dev", {})
-    rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in dev.items() if isinstance(v, float))
-    encoder = (
-        "last stage fine-tuned on this data" if cfg.finetune_encoder else "frozen"
-    ) + ", ImageNet weights"
-    spec = decoder_spec(cfg.decoder)
-    name = spec.title
-    decoder = f"LSTM {cfg.num_layers}x{cfg.hidden_size}"
-    if spec.input == "grid":
-        decoder = f"attention {cfg.attention_size}, {decoder}"
-    if cfg.class_evidence:
-        decoder += ", attends to the encoder's own ImageNet class probabilities"
-    scst = (
-        f"; then {cfg.scst_epochs} self-critical epochs (CIDEr-D reward, {cfg.scst_baseline} "
-        f"baseline, {cfg.scst_samples} samples per image, learning rate {cfg.scst_lr})"
-        if cfg.scst_epochs
-        else ""
-    )
-    return f"""# captioner model
-
-{name}, trained with captioner {__version__}.
-
-- **Data**: {cfg.dataset_format} at `{cfg.dataset_path}`, split `{cfg.train_split}` \
-({n_train} images); best epoch chosen on `{cfg.dev_split}` ({n_dev} images).
-- **Encoder**: {cfg.encoder} ({encoder}), {get_spec(cfg.encoder).image_size} px.
-- **Decoder**: embedding {cfg.embed_size}, {decoder}, dropout {cfg.dropout}, vocabulary \
-threshold {cfg.vocab_threshold}.
-- **Training**: {cfg.epochs} cross-entropy epochs, batch {cfg.batch_size}, learning rate \
-{cfg.learning_rate} ({cfg.lr_schedule}), label smoothing {cfg.label_smoothing}{scst}; seed \
-{cfg.seed}; best: {_best_text(metrics)}; \
-{metrics.get("train_seconds", 0) / 60:.1f} minutes.
-
-## Dev-split scores ({_decoding(cfg)}, pycocoevalcap)
-
-| metric | value |
-|---|---|
-{rows}
-"""
-
-
-def _best_text(metrics: dict) -> str:
-    epoch, n = metrics.get("best_epoch"), metrics.get("averaged_epochs", 1)
-    if n > 1:
-        return f"the mean of epochs {epoch - n + 1}-{epoch}'s weights"
-    return f"epoch {epoch}"
-
-
-def _decoding(cfg: TrainConfig) -> str:
-    d = cfg.decode
-    parts = [f"beam {d.beam_size}", f"length penalty {d.length_penalty}"]
-    if d.repetition_penalty:
-        parts.append(f"repetition guard {d.repetition_penalty}")
-    if d.class_guidance:
-        parts.append(f"class guidance {d.class_guidance}")
-    if d.rerank_neighbours:
-        parts.append(
-            f"consensus reranking with {d.rerank_neighbours} neighbours (weight {d.rerank_weight}"
-            f", precision {d.rerank_precision}, guidance {d.neighbour_guidance})"
-        )
-    return ", ".join(parts)
-
-
 def _padded(caps: list[tuple[int, list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
     """All captions padded once; a batch is a row selection cut to its longest caption."""
     lengths = torch.tensor([len(c) for _, c in caps])
@@ -122,6 +60,18 @@ def _padded(caps: list[tuple[int, list[int]]]) -> tuple[torch.Tensor, torch.Tens
     for j, (_, c) in enumerate(caps):
         padded[j, : len(c)] = torch.tensor(c)
     return padded, lengths
+
+
+@dataclass
+class _Record:
+    """What the epochs so far leave: where to go on, the best scores and weights, the history
+    (one line per epoch, as in metrics.jsonl) and the training time before this process."""
+
+    start: int = 0
+    best: dict | None = None
+    best_state: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    elapsed: float = 0.0
 
 
 def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | None = None) -> Path:
@@ -141,6 +91,76 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
         )
     data = data or prepare_data(cfg, device, report)
     source = make_source(cfg, data, device)
+    neighbours = _neighbours(cfg, data, report)
+    # Seed after data preparation: feature extraction may or may not run (cache) and its
+    # DataLoader draws from the global RNG, which must not change the model's initialisation.
+    torch.manual_seed(cfg.seed)
+    model, opt, trained = _model_and_optimiser(cfg, data, source, device)
+    loss_fn = torch.nn.CrossEntropyLoss(
+        ignore_index=Vocabulary.pad_id, label_smoothing=cfg.label_smoothing
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    average = _Average(cfg)
+    rec = _resume(ckpt, log_path, model, opt, source, average, cfg, report)
+    run = _Epochs(cfg, data, source, model, opt, trained, loss_fn, device, report)
+
+    def score_dev(final: bool = False) -> dict[str, float]:
+        """The dev split captioned by the model's current weights, with the run's decoding."""
+        return dev_scores(
+            model,
+            data.vocab,
+            source.dev_features(),
+            data.dev_records,
+            cfg.decode,
+            final=final,
+            neighbours=neighbours,
+        )
+
+    for epoch in range(rec.start, cfg.epochs + cfg.scst_epochs):
+        t_epoch = time.time()
+        if epoch < cfg.epochs:
+            extra = {"loss": run.cross_entropy(epoch)}
+        else:
+            if epoch == cfg.epochs:  # self-critical training starts from the best XE epoch
+                model.load_state_dict(unowned(rec.best_state))
+            extra = run.self_critical(epoch)  # policy-gradient loss and mean sample reward
+        run.finite(run.trained, epoch)  # the weights, once an epoch (the loss: every step)
+        line, candidates = _score_epoch(epoch, run, average, score_dev, report)
+        line = {
+            "epoch": epoch + 1,
+            "phase": "xe" if epoch < cfg.epochs else "scst",
+            **extra,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.time() - t_epoch,
+            **line,
+        }
+        rec.history.append(line)
+        for found, at, n, weights in candidates:
+            if rec.best is None or found["CIDEr"] > rec.best["CIDEr"]:
+                rec.best = {**found, "epoch": at, "averaged": n}
+                rec.best_state = _weights(model, source) if weights is None else _copy(weights)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        _checkpoint(ckpt, run, average, rec, epoch, time.time() - t0)
+        best = rec.best
+        report(
+            Event(
+                "epoch",
+                epoch + 1,
+                cfg.epochs + cfg.scst_epochs,
+                {
+                    **line,
+                    "best_CIDEr": best["CIDEr"],
+                    "best_epoch": best["epoch"],
+                    "best_averaged": best.get("averaged", 1),
+                },
+            )
+        )
+    return _save(out, cfg, run, rec, neighbours, score_dev, time.time() - t0)
+
+
+def _neighbours(cfg: TrainConfig, data: Data, report: Reporter):
+    """The training photos' index for consensus decoding (when the decoding reads it)."""
     neighbours = None
     if cfg.decode.rerank_neighbours:
         report(Event("data", message="indexing the training photos for consensus reranking"))
@@ -154,9 +174,12 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
                 "strongly advised",
             )
         )
-    # Seed after data preparation: feature extraction may or may not run (cache) and its
-    # DataLoader draws from the global RNG, which must not change the model's initialisation.
-    torch.manual_seed(cfg.seed)
+    return neighbours
+
+
+def _model_and_optimiser(cfg: TrainConfig, data: Data, source, device: torch.device):
+    """The decoder (with the encoder's class head when asked), its optimiser and every
+    trained parameter (the fine-tuned encoder stage's too, at its own learning rate)."""
     if len(data.vocab) <= len(SPECIALS):  # else DecoderConfig refuses it in pydantic's words
         raise TrainingError(
             f"vocab_threshold = {cfg.vocab_threshold} keeps no word of the captions; lower it"
@@ -186,130 +209,95 @@ def train(cfg: TrainConfig, out: Path, report: Reporter = silent, data: Data | N
             {"params": source.parameters(), "lr_scale": cfg.encoder_lr / cfg.learning_rate}
         )
     opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    trained = [p for g in groups for p in g["params"]]
-    loss_fn = torch.nn.CrossEntropyLoss(
-        ignore_index=Vocabulary.pad_id, label_smoothing=cfg.label_smoothing
+    return model, opt, [p for g in groups for p in g["params"]]
+
+
+def _resume(ckpt: Path, log_path: Path, model, opt, source, average, cfg, report) -> _Record:
+    """The record of a checkpointed run, its weights loaded (or a fresh record)."""
+    if not checkpoint.exists(ckpt):
+        log_path.unlink(missing_ok=True)  # a fresh run must not inherit an old log
+        return _Record()
+    state = checkpoint.load_checkpoint(ckpt, model, opt)
+    source.load_state(state.extra)
+    average.load(state.extra, state.meta.get("average"))
+    meta = state.meta
+    rec = _Record(
+        meta["epoch"], meta["best"], state.best_state, meta["history"], meta.get("elapsed", 0.0)
+    )
+    # The checkpoint's history is the record: a kill between the log line and the
+    # checkpoint would otherwise leave that epoch in the log twice once it is rerun.
+    write_text(log_path, "".join(json.dumps(h) + "\n" for h in rec.history))
+    report(
+        Event(
+            "resume",
+            rec.start,
+            cfg.epochs + cfg.scst_epochs,
+            {"history": [dict(h) for h in rec.history]},
+            message=f"resuming {ckpt.parent} after epoch {rec.start}",
+        )
+    )
+    return rec
+
+
+def _score_epoch(epoch: int, run, average, score_dev, report) -> tuple[dict, list]:
+    """Dev scores of this epoch's weights (and of the mean of the last epochs' when this
+    epoch completes that window): the log line's scores and the candidates for the best."""
+    model, source, n_dev = run.model, run.source, len(run.data.dev_records)
+    report(Event("dev", 0, n_dev, message="scoring the dev split"))
+    t_dev = time.time()
+    scores = score_dev()
+    # scored (no message: the epoch event says the scores)
+    report(Event("dev", n_dev, n_dev, {"seconds": round(time.time() - t_dev, 1), **scores}))
+    candidates = [(scores, epoch + 1, 1, None)]
+    if average.covers(epoch) and average.add(epoch, raw := _weights(model, source)):
+        n = run.cfg.average_epochs
+        report(Event("dev", 0, n_dev, message=f"scoring the mean of the last {n} epochs"))
+        _load_weights(model, source, average.state)
+        mean_scores = score_dev()
+        _load_weights(model, source, raw)
+        report(Event("dev", n_dev, n_dev, mean_scores))
+        candidates.append((mean_scores, epoch + 1, n, average.state))
+    line = {
+        **{f"dev_{k}": v for k, v in scores.items()},
+        **{f"mean_dev_{k}": v for c in candidates[1:] for k, v in c[0].items()},
+    }
+    return line, candidates
+
+
+def _checkpoint(ckpt: Path, run, average, rec: _Record, epoch: int, seconds: float) -> None:
+    checkpoint.save_checkpoint(
+        ckpt,
+        run.model,
+        run.opt,
+        rec.best_state,
+        {
+            "epoch": epoch + 1,
+            "best": rec.best,
+            "history": rec.history,
+            "elapsed": rec.elapsed + seconds,
+            "fingerprint": run.cfg.fingerprint(),
+            "average": average.meta(),
+        },
+        {**run.source.state(), **average.tensors()},
     )
 
-    out.mkdir(parents=True, exist_ok=True)
-    start_epoch, best, best_state, history, elapsed = 0, None, {}, [], 0.0
-    average = _Average(cfg)
-    if checkpoint.exists(ckpt):
-        state = checkpoint.load_checkpoint(ckpt, model, opt)
-        source.load_state(state.extra)
-        average.load(state.extra, state.meta.get("average"))
-        best_state = state.best_state
-        start_epoch, best, history = state.meta["epoch"], state.meta["best"], state.meta["history"]
-        elapsed = state.meta.get("elapsed", 0.0)
-        # The checkpoint's history is the record: a kill between the log line and the
-        # checkpoint would otherwise leave that epoch in the log twice once it is rerun.
-        write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
-        report(
-            Event(
-                "resume",
-                start_epoch,
-                cfg.epochs + cfg.scst_epochs,
-                {"history": [dict(h) for h in history]},
-                message=f"resuming {out} after epoch {start_epoch}",
-            )
-        )
-    else:
-        log_path.unlink(missing_ok=True)  # a fresh run must not inherit an old log
 
-    run = _Epochs(cfg, data, source, model, opt, trained, loss_fn, device, report)
-
-    def score_dev(final: bool = False) -> dict[str, float]:
-        """The dev split captioned by the model's current weights, with the run's decoding."""
-        return dev_scores(
-            model,
-            data.vocab,
-            source.dev_features(),
-            data.dev_records,
-            cfg.decode,
-            final=final,
-            neighbours=neighbours,
-        )
-
-    for epoch in range(start_epoch, cfg.epochs + cfg.scst_epochs):
-        t_epoch = time.time()
-        if epoch < cfg.epochs:
-            extra = {"loss": run.cross_entropy(epoch)}
-        else:
-            if epoch == cfg.epochs:  # self-critical training starts from the best XE epoch
-                model.load_state_dict(unowned(best_state))
-            extra = run.self_critical(epoch)  # policy-gradient loss and mean sample reward
-        run.finite(run.trained, epoch)  # the weights, once an epoch (the loss: every step)
-        report(Event("dev", 0, len(data.dev_records), message="scoring the dev split"))
-        t_dev = time.time()
-        scores = score_dev()
-        n_dev = len(data.dev_records)  # scored (no message: the epoch event says the scores)
-        report(Event("dev", n_dev, n_dev, {"seconds": round(time.time() - t_dev, 1), **scores}))
-        candidates = [(scores, epoch + 1, 1, None)]
-        if average.covers(epoch) and average.add(epoch, raw := _weights(model, source)):
-            n = cfg.average_epochs
-            report(Event("dev", 0, n_dev, message=f"scoring the mean of the last {n} epochs"))
-            _load_weights(model, source, average.state)
-            mean_scores = score_dev()
-            _load_weights(model, source, raw)
-            report(Event("dev", n_dev, n_dev, mean_scores))
-            candidates.append((mean_scores, epoch + 1, n, average.state))
-        line = {
-            "epoch": epoch + 1,
-            "phase": "xe" if epoch < cfg.epochs else "scst",
-            **extra,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.time() - t_epoch,
-            **{f"dev_{k}": v for k, v in scores.items()},
-            **{f"mean_dev_{k}": v for c in candidates[1:] for k, v in c[0].items()},
-        }
-        history.append(line)
-        for found, at, n, weights in candidates:
-            if best is None or found["CIDEr"] > best["CIDEr"]:
-                best = {**found, "epoch": at, "averaged": n}
-                best_state = _weights(model, source) if weights is None else _copy(weights)
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
-        checkpoint.save_checkpoint(
-            ckpt,
-            model,
-            opt,
-            best_state,
-            {
-                "epoch": epoch + 1,
-                "best": best,
-                "history": history,
-                "elapsed": elapsed + time.time() - t0,
-                "fingerprint": cfg.fingerprint(),
-                "average": average.meta(),
-            },
-            {**source.state(), **average.tensors()},
-        )
-        report(
-            Event(
-                "epoch",
-                epoch + 1,
-                cfg.epochs + cfg.scst_epochs,
-                {
-                    **line,
-                    "best_CIDEr": best["CIDEr"],
-                    "best_epoch": best["epoch"],
-                    "best_averaged": best.get("averaged", 1),
-                },
-            )
-        )
-
-    source.load_state(best_state)
-    model.load_state_dict(unowned(best_state))
+def _save(out: Path, cfg: TrainConfig, run, rec: _Record, neighbours, score_dev, seconds) -> Path:
+    """The best weights scored once more (final metrics, PTB tokenizer) and saved as the
+    bundle with its card."""
+    model, source, data, report = run.model, run.source, run.data, run.report
+    source.load_state(rec.best_state)
+    model.load_state_dict(unowned(rec.best_state))
     model.eval()
     report(Event("dev", 0, len(data.dev_records), message="final dev scores of the best epoch"))
     metrics = {
         "dev": score_dev(final=True),
-        "best_epoch": best["epoch"],
-        "averaged_epochs": best.get("averaged", 1),
+        "best_epoch": rec.best["epoch"],
+        "averaged_epochs": rec.best.get("averaged", 1),
         "dev_split": cfg.dev_split,
         "beam_size": cfg.decode.beam_size,
-        "train_seconds": round(elapsed + time.time() - t0, 1),
-        "history": history,
+        "train_seconds": round(rec.elapsed + seconds, 1),
+        "history": rec.history,
     }
     bundle = Bundle(
         model,

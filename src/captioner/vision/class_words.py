@@ -116,7 +116,7 @@ TABLE: dict[str, tuple[str, ...]] = {
     "lion": ("lion",),
     "tiger": ("tiger",),
     "cheetah": ("cheetah",),
-    "ice bear": ("polar",),
+    "ice bear": ("polar", "bear"),
     "ladybug": ("ladybug", "bug"),
     "fly": ("fly", "bug"),
     "bee": ("bee",),
