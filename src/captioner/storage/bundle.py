@@ -12,6 +12,7 @@ Writes go through `atomic_dir`, so a crash never leaves a half-written bundle.""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,16 +221,25 @@ def _check_shapes(path: Path, mcfg: DecoderConfig) -> dict[str, torch.dtype]:
     if not weights.is_file():
         raise BundleError(f"{weights} is missing")
     try:
-        with torch.device("meta"):  # shapes only: a huge hidden_size allocates nothing
-            model = build_decoder(mcfg)
-    except CaptionerError as exc:
-        raise BundleError(f"{path}: {exc}") from None
-    expected = model.state_dict()
-    try:
         with safe_open(str(weights), "pt") as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types across versions
         raise BundleError(f"{weights}: unreadable weights ({exc})") from None
+    # The decoder is built only when config.json's sizes are about what the file holds, so a
+    # hidden_size of 60000 allocates nothing. (Building it on the meta device instead imports
+    # torch's symbolic-shape machinery: +160 MB in every process that lists models.)
+    held = sum(math.prod(shape) for shape in found.values())
+    described = _rough_size(mcfg)
+    if described > 2 * held + 1_000_000:
+        raise BundleError(
+            f"{weights} does not match config.json: its sizes describe about {described:,} "
+            f"weights, the file holds {held:,}"
+        )
+    try:
+        model = build_decoder(mcfg)
+    except CaptionerError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in found]
     problems += [f"unexpected {k}" for k in found if k not in expected]
     problems += [
@@ -240,6 +250,14 @@ def _check_shapes(path: Path, mcfg: DecoderConfig) -> dict[str, torch.dtype]:
     if problems:
         raise BundleError(f"{weights} does not match config.json: " + "; ".join(problems[:5]))
     return {k: v.dtype for k, v in expected.items()}
+
+
+def _rough_size(m: DecoderConfig) -> int:
+    """About how many weights a decoder of this config has (an upper estimate for both kinds:
+    embeddings, output layer, LSTM, attention, class evidence)."""
+    v, e, h, d, a = m.vocab_size, m.embed_size, m.hidden_size, m.feature_dim, m.attention_size
+    lstm = 4 * h * (e + 2 * h) * m.num_layers
+    return v * (e + h) + lstm + d * h + 2 * h * a + 3 * h * h + m.num_classes * (d + h)
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], file: Path, what: str) -> None:
