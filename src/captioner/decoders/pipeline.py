@@ -1,10 +1,13 @@
 """Decoding as a pipeline: the one place a DecodeConfig becomes search steps.
 
-For each batch: look up the neighbours once (when anything reads them), build the score
-adjusters (repetition guard, then one word bonus summing class and neighbour guidance), run the
-search, then the rerankers (consensus). The model's optional capabilities are explicit: its class
-head (`Decoder.class_probabilities`) and the bundle's neighbour index, passed in. A setting that
-needs a capability the model lacks is a ConfigError, never silently ignored.
+`for_decoding` picks the decoder and vocabulary (grown by the classifier's words with
+open_vocabulary). Then, for each batch: look up the neighbours once (when anything reads them),
+build the score adjusters (repetition guard, one word bonus summing class and neighbour guidance,
+banned words that contradict a confident tag), run the search, then the rerankers (consensus);
+with class_constraint, the photos whose best caption lacks a required word are searched again
+under that constraint. The model's optional capabilities are explicit: its class head
+(`Decoder.class_probabilities`) and the bundle's neighbour index, passed in. A setting that needs
+a capability the model lacks is a ConfigError, never silently ignored.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def check_capabilities(
     """Refuse settings this model cannot honour, with the fix."""
     for name in ("class_guidance", "class_constraint", "open_vocabulary", "tag_agreement"):
         if getattr(decode, name) and not model.cfg.num_classes:
-            raise ConfigError(f"{name} needs a model trained with class evidence; set {name} = 0")
+            raise ConfigError(
+                f"{name} needs a model trained with class evidence; turn {name} off (0 or false)"
+            )
     if decode.rerank_neighbours and neighbours is None:
         raise ConfigError(
             "rerank_neighbours needs a model that carries a neighbour index (trained with "
