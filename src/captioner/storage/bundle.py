@@ -236,7 +236,10 @@ def _check_shapes(path: Path, mcfg: DecoderConfig) -> dict[str, torch.dtype]:
             f"weights, the file holds {held:,}"
         )
     try:
-        model = build_decoder(mcfg)
+        # Its random initial weights must not draw from the global generator: loading a
+        # model leaves a caller's seeded random state as it was.
+        with torch.random.fork_rng(devices=[]):
+            model = build_decoder(mcfg)
     except CaptionerError as exc:
         raise BundleError(f"{path}: {exc}") from None
     expected = model.state_dict()
