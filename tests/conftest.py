@@ -96,3 +96,33 @@ def serve_in_thread(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# How each EXIF orientation stores an upright photo (the inverse of what undoes it).
+EXIF_STORED = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def wait_until_serving(url: str, proc, seconds: float = 120) -> None:
+    """Until a `captioner serve` subprocess answers /healthz; fails with its stderr if it dies
+    or does not answer in time."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server did not start: {proc.stderr.read()}")
+        time.sleep(0.3)

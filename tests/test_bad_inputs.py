@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bombs import png, png_bomb  # also imported from here by test_images
+from conftest import wait_until_serving
 from PIL import Image
 
 from captioner import Captioner
@@ -229,7 +230,6 @@ SERVER_RSS_BOUND_MB = 1500
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import httpx
 
     state = tmp_path_factory.mktemp("server-state")
     port = free_port()
@@ -244,17 +244,7 @@ def server(tmp_path_factory):
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stderr.read()}")
-        time.sleep(0.3)
+    wait_until_serving(url, proc)
     yield url, proc
     proc.terminate()
     proc.wait(timeout=30)

@@ -20,6 +20,7 @@ from pathlib import Path
 import bombs
 import numpy as np
 import pytest
+from conftest import EXIF_STORED, wait_until_serving
 from PIL import Image, features
 
 from captioner.core.errors import ConfigError, DecodeBusy, ImageFormatRefused, ImageTooLarge
@@ -145,23 +146,11 @@ def test_a_palette_png_with_transparency_decodes_in_a_tenth_of_the_memory():
     assert peak < 200, peak
 
 
-# How each EXIF orientation stores an upright photo (the inverse of what undoes it).
-STORED = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_90,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_270,
-}
-
-
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_stripes_turn_and_reduce_exactly_like_the_whole_image(orientation):
     rng = np.random.default_rng(orientation)
     upright = Image.fromarray(rng.integers(0, 256, (2101, 3151, 3), dtype=np.uint8))
-    stored = upright.transpose(STORED[orientation]) if orientation in STORED else upright
+    stored = upright.transpose(EXIF_STORED[orientation]) if orientation in EXIF_STORED else upright
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()
@@ -313,7 +302,6 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import httpx
 
     port = free_port()
     state = tmp_path_factory.mktemp("server")
@@ -325,17 +313,7 @@ def server(tmp_path_factory):
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stderr.read()}")
-        time.sleep(0.3)
+    wait_until_serving(url, proc)
     yield url, proc, port
     proc.terminate()
     proc.wait(timeout=30)

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import EXIF_STORED
 from PIL import Image
 from test_bad_inputs import exif_orientation, png, png_rows, saved
 
@@ -115,15 +116,7 @@ def test_a_long_strip_is_cut_to_its_centre_and_stays_cheap(photo):
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied(photo, orientation):
-    undo = {
-        2: Image.Transpose.FLIP_LEFT_RIGHT,
-        3: Image.Transpose.ROTATE_180,
-        4: Image.Transpose.FLIP_TOP_BOTTOM,
-        5: Image.Transpose.TRANSPOSE,
-        6: Image.Transpose.ROTATE_90,
-        7: Image.Transpose.TRANSVERSE,
-        8: Image.Transpose.ROTATE_270,
-    }
+    undo = EXIF_STORED
     stored = photo.transpose(undo[orientation]) if orientation in undo else photo
     data = saved(stored, "PNG", exif=exif_orientation(orientation))  # lossless: exact pixels
     assert np.array_equal(np.asarray(decode(data)), np.asarray(photo))
